@@ -1,0 +1,1 @@
+"""Local IMDS v2 + ESTS emulator (filled in by the emulator module)."""
