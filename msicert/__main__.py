@@ -1,0 +1,5 @@
+"""``python -m msicert``."""
+
+from ._cli import main
+
+raise SystemExit(main())

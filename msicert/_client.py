@@ -1,0 +1,289 @@
+"""ManagedIdentityClient: memory -> store -> IMDS, single flight, proactive renewal."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import _policy
+from ._csr import build_csr, csr_to_wire
+from ._errors import ImdsResponseError, MsiCertError, StoreError
+from ._identity import Identity
+from ._imds import ImdsClient, RetryPolicy
+from ._keys import SoftwareKey
+from ._model import BindingCertificate
+from ._policy import State
+from ._store import CorruptEntry, Store, default_store
+
+__all__ = ["ManagedIdentityClient"]
+
+log = logging.getLogger("msicert")
+
+ENV_ISSUER = "MSICERT_ISSUER"
+
+
+@dataclass(frozen=True)
+class _Minted:
+    der: bytes
+    key_pem: bytes
+    client_id: str
+    tenant_id: str
+    mtls_endpoint: str
+    identity_type: str
+
+
+class ManagedIdentityClient:
+    """Gives one managed identity its binding certificate, calling IMDS as rarely as possible.
+
+    With no selector it speaks for the system-assigned identity; ``client_id``, ``object_id``
+    or ``resource_id`` (one at most) pick a user-assigned one. ``store_dir`` overrides the
+    store directory, ``imds_endpoint`` the IMDS base (default: environment, then
+    ``http://169.254.169.254``), ``issuer`` the expected issuer CN (default: ``$MSICERT_ISSUER``,
+    then ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str | None = None,
+        object_id: str | None = None,
+        resource_id: str | None = None,
+        store_dir: str | None = None,
+        imds_endpoint: str | None = None,
+        issuer: str | None = None,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        lock_timeout: float = 120.0,
+        renewal_backoff: float = 30.0,
+    ) -> None:
+        self.identity = Identity.from_selectors(
+            client_id=client_id, object_id=object_id, resource_id=resource_id
+        )
+        self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
+        self._store = store if store is not None else default_store(store_dir)
+        self._imds_endpoint = imds_endpoint
+        self._imds_options = (connect_timeout, read_timeout, retry, sleep)
+        self._imds_client: ImdsClient | None = None
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._renewal_backoff = renewal_backoff
+        self._cert: BindingCertificate | None = None
+        self._memory_view: BindingCertificate | None = None
+        self._renew_not_before = 0.0
+
+    @property
+    def store(self) -> Store:
+        """The store this client reads and writes."""
+        return self._store
+
+    # --- the hot path ------------------------------------------------------------------------
+    def get_certificate(self) -> BindingCertificate:
+        """A usable binding certificate: from memory, else the store, else a new one from IMDS.
+
+        Raises ImdsError (and subclasses) when no usable certificate exists and IMDS fails,
+        StoreError when the store cannot be used.
+        """
+        view = self._memory_view
+        if view is not None and view.not_before_ts <= self._clock() < view.renew_after_ts:
+            return view
+        return self._get_slow()
+
+    def _get_slow(self) -> BindingCertificate:
+        now = self._clock()
+        cur = self._cert
+        if cur is not None:
+            st = cur.state(now)
+            if st is State.FRESH and self._memory_view is not None:
+                return self._memory_view
+            if st is State.RENEW:
+                return self._renew(cur, self._memory_view or cur)
+            log.info("in-memory certificate %s is %s; looking again", cur.x5t_s256, st.value)
+            self._forget()
+        entry = self._from_store(now)
+        if entry is not None:
+            self._remember(entry)
+            if entry.state(now) is State.RENEW:
+                return self._renew(entry, entry)
+            return entry
+        return self._mint_blocking()
+
+    # --- store and memory --------------------------------------------------------------------
+    def _remember(self, cert: BindingCertificate) -> None:
+        self._cert = cert
+        self._memory_view = dataclasses.replace(cert, source="memory")
+
+    def _forget(self) -> None:
+        self._memory_view = None
+        self._cert = None
+
+    def _from_store(self, now: float) -> BindingCertificate | None:
+        try:
+            entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
+        except CorruptEntry as exc:
+            log.warning("store entry for %s is unusable (%s); a new certificate will be minted",
+                        self.identity.alias, exc.reason)
+            return None
+        if entry is None:
+            log.debug("no stored certificate for %s", self.identity.alias)
+            return None
+        st = entry.state(now)
+        if st in (State.FRESH, State.RENEW):
+            log.debug("using stored certificate %s for %s", entry.x5t_s256, self.identity.alias)
+            return entry
+        log.info("stored certificate %s for %s is %s", entry.x5t_s256, self.identity.alias,
+                 st.value)
+        return None
+
+    # --- minting -----------------------------------------------------------------------------
+    def _mint_blocking(self) -> BindingCertificate:
+        """No usable certificate: wait for the identity lock, re-check, mint if still needed."""
+        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+            now = self._clock()
+            cur = self._cert
+            if cur is not None and cur.state(now) in (State.FRESH, State.RENEW):
+                return self._memory_view or cur  # another thread of this client minted it
+            try:
+                entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
+            except CorruptEntry as exc:
+                log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
+                            exc.reason)
+                self._store.remove(self.identity)
+                entry = None
+            if entry is not None:
+                st = entry.state(now)
+                if st in (State.FRESH, State.RENEW):
+                    self._remember(entry)  # another process minted while we waited
+                    return entry
+                if st is State.EXPIRED:
+                    log.info("removing expired certificate %s", entry.x5t_s256)
+                    self._store.remove(self.identity, entry.x5t_s256)
+            return self._mint_locked(now)
+
+    def _renew(self, cur: BindingCertificate, serve: BindingCertificate) -> BindingCertificate:
+        """Past renew_after but usable: renew now unless someone else is; never fail the caller."""
+        now = self._clock()
+        if now < self._renew_not_before:
+            return serve
+        with self._store.lock(self.identity, timeout=self._lock_timeout).hold(
+            blocking=False
+        ) as held:
+            if not held:
+                return serve  # another thread or process is renewing; keep the valid one
+            try:
+                entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
+            except CorruptEntry:
+                entry = None
+            if (entry is not None and entry.x5t_s256 != cur.x5t_s256
+                    and entry.state(now) is State.FRESH):
+                self._remember(entry)
+                return entry
+            try:
+                log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
+                         self.identity.alias, cur.renew_after.isoformat())
+                return self._mint_locked(now)
+            except MsiCertError as exc:
+                self._renew_not_before = now + min(
+                    self._renewal_backoff, max(0.0, (cur.not_after_ts - now) / 8)
+                )
+                log.warning(
+                    "renewal of certificate %s failed; keeping it (valid until %s): %s",
+                    cur.x5t_s256, cur.not_after.isoformat(), exc,
+                )
+                return serve
+
+    def _imds(self) -> ImdsClient:
+        if self._imds_client is None:
+            connect, read, retry, sleep = self._imds_options
+            self._imds_client = ImdsClient(
+                self._imds_endpoint, connect_timeout=connect, read_timeout=read,
+                retry=retry, sleep=sleep,
+            )
+        return self._imds_client
+
+    def _mint_locked(self, now: float) -> BindingCertificate:
+        """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
+        imds = self._imds()
+        meta = imds.get_platform_metadata(self.identity)
+        key = SoftwareKey.generate()
+        csr = build_csr(
+            spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
+            tenant_id=meta.tenant_id, cuid=meta.cuid,
+        )
+        issued = imds.issue_credential(self.identity, csr_to_wire(csr))
+        step = "issuecredential"
+        try:
+            cert = x509.load_der_x509_certificate(issued.certificate_der)
+        except ValueError as exc:
+            raise ImdsResponseError("issued certificate is not DER X.509", step=step) from exc
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if not key.matches(spki):
+            raise ImdsResponseError("issued certificate does not carry our public key", step=step)
+        why = _policy.identity_mismatch(
+            cert, self.identity, issuer_cn=self.issuer_cn,
+            client_id=meta.client_id, tenant_id=meta.tenant_id,
+        )
+        if why:
+            raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)
+        probe = BindingCertificate.from_der(
+            issued.certificate_der, cert, identity=self.identity, client_id=issued.client_id,
+            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
+            identity_type=issued.identity_type, source="imds", key="file", store="",
+        )
+        st = probe.state(now)
+        if st in (State.EXPIRED, State.NOT_YET_VALID):
+            raise ImdsResponseError(
+                f"issued certificate is {st.value.replace('_', ' ')} "
+                f"(valid {probe.not_before.isoformat()} to {probe.not_after.isoformat()}); "
+                "check the system clock", step=step,
+            )
+        minted = _Minted(
+            der=issued.certificate_der, key_pem=key.key_pem, client_id=issued.client_id,
+            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
+            identity_type=issued.identity_type,
+        )
+        try:
+            stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
+        except StoreError:
+            raise
+        result = dataclasses.replace(stored, source="imds")
+        self._remember(result)
+        if st is State.RENEW:
+            # Already past renew_after when issued: use it, but do not loop on renewals.
+            self._renew_not_before = now + min(
+                self._renewal_backoff, max(0.0, (probe.not_after_ts - now) / 8)
+            )
+        log.info("minted certificate %s for %s (not_after %s)", result.x5t_s256,
+                 self.identity.alias, result.not_after.isoformat())
+        return result
+
+    # --- maintenance -------------------------------------------------------------------------
+    def status(self) -> BindingCertificate | None:
+        """The stored entry as it is now, without any network call (CorruptEntry if bad)."""
+        return self._store.find(self.identity, issuer_cn=self.issuer_cn)
+
+    def invalidate(self, x5t_s256: str) -> None:
+        """Forget a certificate that the token leg proved unusable, in memory and store."""
+        if self._cert is not None and self._cert.x5t_s256 == x5t_s256:
+            self._forget()
+        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+            if self._store.remove(self.identity, x5t_s256):
+                log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
+
+    def purge(self) -> int:
+        """Remove this identity's certificates from memory and store; return how many went."""
+        self._forget()
+        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+            return self._store.purge(self.identity)

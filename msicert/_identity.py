@@ -1,0 +1,87 @@
+"""Which managed identity a client speaks for, and how that shows on the wire and in stores."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+__all__ = ["Identity"]
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A system-assigned identity (``kind == "system"``) or one user-assigned selector.
+
+    ``kind`` is ``"system"``, ``"client_id"``, ``"object_id"`` or ``"resource_id"``; the
+    three user-assigned kinds never share a store entry, even for the same identity.
+    """
+
+    kind: str = "system"
+    value: str = ""
+
+    @classmethod
+    def from_selectors(
+        cls,
+        *,
+        client_id: str | None = None,
+        object_id: str | None = None,
+        resource_id: str | None = None,
+    ) -> Identity:
+        """Build from at most one selector; none means the system-assigned identity."""
+        given = [
+            (kind, value)
+            for kind, value in (
+                ("client_id", client_id),
+                ("object_id", object_id),
+                ("resource_id", resource_id),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError("give at most one of client_id, object_id, resource_id")
+        if not given:
+            return cls()
+        kind, value = given[0]
+        value = value.strip()
+        if kind in ("client_id", "object_id"):
+            if not _GUID.match(value):
+                raise ValueError(f"{kind} must be a GUID, got {value!r}")
+            value = value.lower()
+        elif not value.startswith("/") or "/providers/" not in value.lower():
+            raise ValueError("resource_id must be an ARM resource id (/subscriptions/...)")
+        return cls(kind, value)
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The IMDS v2 selector parameter (``mi_res_id`` for resource ids), empty if system."""
+        if self.kind == "system":
+            return {}
+        name = "mi_res_id" if self.kind == "resource_id" else self.kind
+        return {name: self.value}
+
+    @property
+    def alias(self) -> str:
+        """Stable human-readable tag, e.g. ``system`` or ``client_id=<guid>``."""
+        return "system" if self.kind == "system" else f"{self.kind}={self.value}"
+
+    @property
+    def file_tag(self) -> str:
+        """File-name-safe tag; empty for the system-assigned identity."""
+        if self.kind == "system":
+            return ""
+        if self.kind == "resource_id":
+            digest = hashlib.sha256(self.value.lower().encode("utf-8")).hexdigest()[:20]
+            return f"mi_res_id-{digest}"
+        return f"{self.kind}-{self.value}"
+
+    def expects_client_id(self) -> str | None:
+        """The certificate CN this identity must carry, when the selector fixes it."""
+        return self.value if self.kind == "client_id" else None
+
+
+def is_guid(text: str) -> bool:
+    """True for a GUID in its 8-4-4-4-12 form."""
+    return bool(_GUID.match(text))

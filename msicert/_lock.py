@@ -1,0 +1,90 @@
+"""Single flight per identity: a thread lock in the process, an advisory file lock across them.
+
+POSIX uses ``fcntl.flock`` on a lock file beside the entry; the kernel drops the lock when its
+holder dies (even by SIGKILL), so a crashed minter never blocks the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Iterator
+
+from ._errors import StoreError
+
+__all__ = ["IdentityLock"]
+
+_registry: dict[str, threading.Lock] = {}
+_registry_lock = threading.Lock()
+_POLL = 0.01
+
+
+def _thread_lock(key: str) -> threading.Lock:
+    with _registry_lock:
+        lock = _registry.get(key)
+        if lock is None:
+            lock = _registry[key] = threading.Lock()
+        return lock
+
+
+class IdentityLock:
+    """Process-wide and cross-process mutual exclusion for one identity's lock file."""
+
+    def __init__(self, lock_path: str, *, timeout: float = 120.0) -> None:
+        self.lock_path = lock_path
+        self.timeout = timeout
+        self._thread = _thread_lock(os.path.abspath(lock_path))
+
+    @contextlib.contextmanager
+    def hold(self, *, blocking: bool = True) -> Iterator[bool]:
+        """Yield True with both locks held; False when ``blocking`` is off and they are busy.
+
+        A blocking wait longer than ``timeout`` raises StoreError.
+        """
+        deadline = time.monotonic() + self.timeout
+        if not self._thread.acquire(blocking, self.timeout if blocking else -1):
+            if blocking:
+                raise StoreError(f"timed out after {self.timeout:.0f} s waiting for {self.lock_path}")
+            yield False
+            return
+        try:
+            fd = self._acquire_file(blocking, deadline)
+            if fd is None:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+        finally:
+            self._thread.release()
+
+    def _acquire_file(self, blocking: bool, deadline: float) -> int | None:
+        import fcntl
+
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.lock_path, flags, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open lock file {self.lock_path}: {exc}") from exc
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    if not blocking:
+                        os.close(fd)
+                        return None
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"timed out after {self.timeout:.0f} s waiting for another process "
+                            f"holding {self.lock_path}"
+                        ) from None
+                    time.sleep(_POLL)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise

@@ -1,0 +1,123 @@
+"""Pure decisions about a certificate at an instant: usable? renewal due? which one wins?
+
+Nothing here reads a clock or touches a file: every function takes ``now`` (POSIX seconds).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Protocol, TypeVar
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ._identity import Identity, is_guid
+
+__all__ = [
+    "DEFAULT_ISSUER_CN",
+    "State",
+    "identity_mismatch",
+    "pick_best",
+    "renew_after",
+    "renew_fraction",
+    "skew",
+    "state",
+]
+
+DEFAULT_ISSUER_CN = "managedidentitysnissuer.login.microsoft.com"
+_MAX_SKEW = 300.0
+_F_MIN, _F_SPAN = 0.45, 0.05
+
+
+class State(enum.Enum):
+    """Where a certificate stands at ``now``."""
+
+    FRESH = "fresh"  # usable, renewal not yet due
+    RENEW = "renew"  # usable, past renew_after
+    EXPIRED = "expired"  # now >= NotAfter - skew
+    NOT_YET_VALID = "not_yet_valid"  # now < NotBefore
+
+
+def renew_fraction(thumbprint: bytes) -> float:
+    """f in [0.45, 0.50) from the thumbprint: every process agrees, a fleet spreads out."""
+    return _F_MIN + _F_SPAN * (int.from_bytes(thumbprint[:8], "big") / 2.0**64)
+
+
+def renew_after(not_before: float, not_after: float, thumbprint: bytes) -> float:
+    """NotBefore + lifetime x f."""
+    return not_before + (not_after - not_before) * renew_fraction(thumbprint)
+
+
+def skew(not_before: float, not_after: float) -> float:
+    """min(5 min, 1 % of the lifetime)."""
+    return min(_MAX_SKEW, 0.01 * max(0.0, not_after - not_before))
+
+
+def state(not_before: float, not_after: float, renew_at: float, now: float) -> State:
+    """Classify a certificate with validity [not_before, not_after] and ``renew_at``."""
+    if now < not_before:
+        return State.NOT_YET_VALID
+    if now >= not_after - skew(not_before, not_after):
+        return State.EXPIRED
+    if now >= renew_at:
+        return State.RENEW
+    return State.FRESH
+
+
+def _single(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+    values = name.get_attributes_for_oid(oid)
+    if len(values) != 1:
+        return None
+    value = values[0].value
+    return value if isinstance(value, str) else None
+
+
+def identity_mismatch(
+    cert: x509.Certificate,
+    identity: Identity,
+    *,
+    issuer_cn: str = DEFAULT_ISSUER_CN,
+    client_id: str | None = None,
+    tenant_id: str | None = None,
+) -> str | None:
+    """Why ``cert`` does not belong to ``identity`` (None when it does).
+
+    Subject must be CN=<GUID>, DC=<tenant> (CN equal to the selector's client id, and to the
+    recorded canonical ``client_id``/``tenant_id`` when given); the issuer's CN must equal
+    ``issuer_cn`` case-insensitively. Whole issuer DNs are not compared on purpose: real
+    issuers may carry more RDNs than the CN.
+    """
+    cn = _single(cert.subject, NameOID.COMMON_NAME)
+    dc = _single(cert.subject, NameOID.DOMAIN_COMPONENT)
+    if cn is None or dc is None or len(cert.subject.rdns) != 2:
+        return "subject is not CN=<client id>, DC=<tenant>"
+    if not is_guid(cn):
+        return "subject CN is not a GUID"
+    expected = identity.expects_client_id()
+    if expected is not None and cn.lower() != expected.lower():
+        return "subject CN is another client id"
+    if client_id is not None and cn.lower() != client_id.lower():
+        return "subject CN differs from the recorded client id"
+    if tenant_id is not None and dc.lower() != tenant_id.lower():
+        return "subject DC differs from the recorded tenant"
+    issuer = _single(cert.issuer, NameOID.COMMON_NAME)
+    if issuer is None or issuer.lower() != issuer_cn.lower():
+        return "issuer CN is not the expected issuer"
+    return None
+
+
+class _Dated(Protocol):
+    @property
+    def not_after_ts(self) -> float: ...
+
+
+T = TypeVar("T", bound=_Dated)
+
+
+def pick_best(candidates: Iterable[T]) -> T | None:
+    """Newest NotAfter wins among (already usable) candidates."""
+    best: T | None = None
+    for c in candidates:
+        if best is None or c.not_after_ts > best.not_after_ts:
+            best = c
+    return best

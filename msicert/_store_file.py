@@ -1,0 +1,320 @@
+"""POSIX store: one PEM file per identity under ~/.config/msal/certs (dir 0700, files 0600).
+
+A file holds metadata lines, then the private key, then the certificate, so the key and the
+certificate can never diverge. OpenSSL and cryptography ignore the text before the PEM blocks.
+Writes go to a temp file that is fsynced and renamed over the entry, so a crash at any instant
+leaves the old entry or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+from typing import Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import _policy
+from ._errors import StoreError
+from ._identity import Identity
+from ._lock import IdentityLock
+from ._model import BindingCertificate, x5t_s256
+from ._store import CorruptEntry, NewEntry
+
+__all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
+
+log = logging.getLogger("msicert")
+
+MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~3.5 KiB; anything larger is not ours
+MAGIC = "msicert-entry: 1"
+_META = ("identity", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
+_CERT_BEGIN, _CERT_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+_KEY_BEGIN, _KEY_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC)
+
+
+# (x5t, key PEM) pairs whose key was checked against the certificate in this process
+_verified: set[tuple[str, bytes]] = set()
+_verified_lock = threading.Lock()
+
+
+def default_directory() -> str:
+    """``$XDG_CONFIG_HOME/msal/certs`` or ``~/.config/msal/certs``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "msal", "certs")
+
+
+def _block(data: bytes, begin: bytes, end: bytes, what: str, where: str) -> bytes | None:
+    start = data.find(begin)
+    if start < 0:
+        return None
+    if data.find(begin, start + 1) >= 0:
+        raise CorruptEntry(f"more than one {what}", location=where)
+    stop = data.find(end, start)
+    if stop < 0:
+        raise CorruptEntry(f"truncated {what}", location=where)
+    return data[start : stop + len(end)]
+
+
+class FileStore:
+    """The Linux/macOS store; safe for concurrent use by threads and processes."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = os.path.abspath(directory or default_directory())
+        self.description = self.directory
+        self._dir_checked = False
+
+    # --- directory -----------------------------------------------------------------------
+    def ensure_directory(self) -> None:
+        """Create the directory 0700, or refuse/tighten an existing one. Idempotent."""
+        if self._dir_checked:
+            return
+        path = self.directory
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(f"refusing store directory {path}: it is a symlink")
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"refusing store directory {path}: not a directory")
+        if st.st_uid != os.geteuid():
+            raise StoreError(
+                f"refusing store directory {path}: owned by uid {st.st_uid}, not by us "
+                f"(uid {os.geteuid()})"
+            )
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            log.warning(
+                "store directory %s had mode %o; tightening to 0700", path, stat.S_IMODE(st.st_mode)
+            )
+            os.chmod(path, 0o700)
+        self._dir_checked = True
+
+    def path_for(self, identity: Identity) -> str:
+        """``msal_mtls.pem`` for the system identity, ``msal_mtls.<tag>.pem`` otherwise."""
+        tag = identity.file_tag
+        return os.path.join(self.directory, f"msal_mtls.{tag}.pem" if tag else "msal_mtls.pem")
+
+    def lock(self, identity: Identity, *, timeout: float) -> IdentityLock:
+        """The single-flight lock for ``identity``: a lock file beside the entry (never deleted,
+        so two processes can never lock different inodes)."""
+        self.ensure_directory()
+        return IdentityLock(self.path_for(identity)[: -len(".pem")] + ".lock", timeout=timeout)
+
+    # --- read ------------------------------------------------------------------------------
+    def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
+        """Load the identity's entry (never runs RSA key validation)."""
+        self.ensure_directory()
+        path = self.path_for(identity)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise CorruptEntry("entry is a symlink", location=path) from exc
+            raise StoreError(f"cannot open store entry {path}: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptEntry("entry is not a regular file", location=path)
+            if st.st_uid != os.geteuid():
+                raise CorruptEntry(f"entry is owned by uid {st.st_uid}", location=path)
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                log.warning("store entry %s had mode %o; tightening to 0600", path,
+                            stat.S_IMODE(st.st_mode))
+                os.fchmod(fd, 0o600)
+            data = os.read(fd, MAX_ENTRY_BYTES + 1)
+        finally:
+            os.close(fd)
+        return self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+
+    def parse(
+        self, data: bytes, identity: Identity, *, issuer_cn: str, location: str
+    ) -> BindingCertificate:
+        """Parse and check one entry's bytes; CorruptEntry says why it cannot be used."""
+        if not data:
+            raise CorruptEntry("empty file", location=location)
+        if len(data) > MAX_ENTRY_BYTES:
+            raise CorruptEntry(f"larger than {MAX_ENTRY_BYTES} bytes", location=location)
+        meta = self._header(data, location)
+        cert_block = _block(data, _CERT_BEGIN, _CERT_END, "certificate", location)
+        key_block = _block(data, _KEY_BEGIN, _KEY_END, "private key", location)
+        if cert_block is None:
+            raise CorruptEntry("no certificate", location=location)
+        if key_block is None:
+            raise CorruptEntry("certificate without private key", location=location)
+        try:
+            der = binascii.a2b_base64(cert_block[len(_CERT_BEGIN) : -len(_CERT_END)])
+            cert = x509.load_der_x509_certificate(der)
+        except (ValueError, binascii.Error) as exc:
+            raise CorruptEntry("unparsable certificate", location=location) from exc
+        if meta.get("identity") != identity.alias:
+            raise CorruptEntry("entry belongs to another identity", location=location)
+        why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
+        if why:
+            raise CorruptEntry(why, location=location)
+        entry = BindingCertificate.from_der(
+            der, cert, identity=identity, client_id=meta["client_id"],
+            tenant_id=meta["tenant_id"], mtls_endpoint=meta["mtls_endpoint"],
+            identity_type=meta["identity_type"], source="store", key="file",
+            store=location, cert_pem=cert_block,
+        )
+        self._check_key_once(entry, key_block, location)
+        return entry
+
+    @staticmethod
+    def _header(data: bytes, location: str) -> dict[str, str]:
+        end = data.find(b"-----BEGIN")
+        try:
+            lines = data[: end if end >= 0 else len(data)].decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise CorruptEntry("header is not UTF-8", location=location) from exc
+        if not lines or lines[0].strip() != MAGIC:
+            raise CorruptEntry("not an msicert entry (missing header)", location=location)
+        meta: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                meta[name.strip()] = value.strip()
+        missing = [m for m in _META if not meta.get(m)]
+        if missing:
+            raise CorruptEntry(f"missing metadata {', '.join(missing)}", location=location)
+        return meta
+
+    @staticmethod
+    def _check_key_once(entry: BindingCertificate, key_block: bytes, location: str) -> None:
+        """Key/cert match, once per process per entry: public halves compared, no RSA check."""
+        marker = (entry.x5t_s256, key_block)
+        if marker in _verified:
+            return
+        try:
+            key = serialization.load_pem_private_key(
+                key_block, None, unsafe_skip_rsa_key_validation=True
+            )
+        except (ValueError, TypeError) as exc:
+            raise CorruptEntry("unparsable private key", location=location) from exc
+        cert_key = entry.certificate.public_key()
+        if not (
+            isinstance(key, rsa.RSAPrivateKey)
+            and isinstance(cert_key, rsa.RSAPublicKey)
+            and key.public_key().public_numbers() == cert_key.public_numbers()
+        ):
+            raise CorruptEntry("private key does not match the certificate", location=location)
+        with _verified_lock:
+            _verified.add(marker)
+
+    # --- write -----------------------------------------------------------------------------
+    def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
+        """Atomically replace the identity's entry (call with the identity lock held)."""
+        self.ensure_directory()
+        values = {
+            "identity": identity.alias, "client_id": entry.client_id,
+            "tenant_id": entry.tenant_id, "mtls_endpoint": entry.mtls_endpoint,
+            "identity_type": entry.identity_type,
+        }
+        if any("\n" in v or "\r" in v for v in values.values()):
+            raise StoreError("refusing to store metadata containing a line break")
+        cert_pem = x509.load_der_x509_certificate(entry.der).public_bytes(
+            serialization.Encoding.PEM
+        )
+        header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
+        data = header.encode("utf-8") + entry.key_pem + cert_pem
+        path = self.path_for(identity)
+        self._sweep(path)
+        self._atomic_write(path, data)
+        return self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-" \
+              f"{os.urandom(4).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create a temp file in {self.directory}: {exc}") from exc
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask said
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(f"cannot write store entry {path}: {exc}") from exc
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sweep(self, path: str) -> None:
+        """Remove temp files a crashed writer left (safe: the caller holds the lock)."""
+        prefix = f".{os.path.basename(path)}.tmp-"
+        for name in self._names():
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+                    log.debug("swept stray temp file %s", name)
+
+    def _names(self) -> Iterator[str]:
+        with os.scandir(self.directory) as it:
+            for e in it:
+                yield e.name
+
+    # --- remove ----------------------------------------------------------------------------
+    def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
+        """Delete the entry (if ``x5t_s256`` is given, only while it still holds that cert)."""
+        self.ensure_directory()
+        path = self.path_for(identity)
+        if x5t_s256 is not None and self._x5t_at(path) != x5t_s256:
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        self._fsync_dir()
+        return True
+
+    @staticmethod
+    def _x5t_at(path: str) -> str | None:
+        """Thumbprint of the certificate currently in ``path`` (None if absent or unreadable)."""
+        try:
+            with open(path, "rb", opener=_nofollow) as f:
+                data = f.read(MAX_ENTRY_BYTES + 1)
+            block = _block(data, _CERT_BEGIN, _CERT_END, "certificate", path)
+            if block is None:
+                return None
+            return x5t_s256(binascii.a2b_base64(block[len(_CERT_BEGIN) : -len(_CERT_END)]))
+        except (OSError, ValueError, binascii.Error):
+            return None
+
+    def purge(self, identity: Identity) -> int:
+        """Remove the identity's entry and its stray temp files."""
+        self.ensure_directory()
+        path = self.path_for(identity)
+        self._sweep(path)
+        return 1 if self.remove(identity) else 0
