@@ -236,9 +236,10 @@ class FileStore:
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
         data = header.encode("utf-8") + entry.key_pem + cert_pem
         path = self.path_for(identity)
+        stored = self.parse(data, identity, issuer_cn=issuer_cn, location=path)  # check first
         self._sweep(path)
         self._atomic_write(path, data)
-        return self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+        return stored
 
     def _atomic_write(self, path: str, data: bytes) -> None:
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-" \

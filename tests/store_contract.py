@@ -1,0 +1,90 @@
+"""One contract every store meets (file store here; the Windows store subclasses it too)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from msicert import Identity
+from msicert._store import CorruptEntry
+from tests.certgen import CLIENT, ISSUER_CN, der, key_pem, make_cert, rsa_key
+
+UAMI = Identity.from_selectors(client_id="22222222-2222-3333-4444-555555555555")
+
+
+@dataclass
+class Entry:
+    der: bytes
+    key_pem: bytes
+    client_id: str = CLIENT
+    tenant_id: str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+    mtls_endpoint: str = "https://127.0.0.1:1"
+    identity_type: str = "SystemAssigned"
+
+
+def entry(*, cn: str = CLIENT, key_no: int = 0, lifetime: float = 3600.0, age: float = 60.0) -> Entry:
+    now = time.time()
+    key = rsa_key(key_no)
+    cert = make_cert(key=key, cn=cn, not_before=now - age, not_after=now - age + lifetime)
+    return Entry(der=der(cert), key_pem=key_pem(key), client_id=cn)
+
+
+class StoreContract:
+    """Subclass and provide a ``store`` fixture."""
+
+    def test_find_on_empty_store_is_none(self, store):
+        assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
+
+    def test_put_then_find_returns_same_certificate_and_metadata(self, store):
+        e = entry()
+        put = store.put(Identity(), e, issuer_cn=ISSUER_CN)
+        got = store.find(Identity(), issuer_cn=ISSUER_CN)
+        assert got is not None
+        assert got.der == e.der == put.der
+        assert got.x5t_s256 == put.x5t_s256
+        assert (got.client_id, got.tenant_id, got.mtls_endpoint, got.identity_type) == (
+            e.client_id, e.tenant_id, e.mtls_endpoint, e.identity_type)
+        assert got.source == "store"
+
+    def test_put_replaces_previous_entry_of_same_identity(self, store):
+        store.put(Identity(), entry(key_no=0), issuer_cn=ISSUER_CN)
+        second = store.put(Identity(), entry(key_no=1), issuer_cn=ISSUER_CN)
+        assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
+
+    def test_identities_never_share_an_entry(self, store):
+        sys_e = store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
+        assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
+        u = store.put(UAMI, entry(cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
+        assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == sys_e.x5t_s256
+        assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == u.x5t_s256
+        by_object = Identity.from_selectors(object_id=UAMI.value)
+        assert store.find(by_object, issuer_cn=ISSUER_CN) is None
+
+    def test_remove_with_thumbprint_only_removes_that_certificate(self, store):
+        first = store.put(Identity(), entry(key_no=0), issuer_cn=ISSUER_CN)
+        second = store.put(Identity(), entry(key_no=1), issuer_cn=ISSUER_CN)
+        assert store.remove(Identity(), first.x5t_s256) is False
+        assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
+        assert store.remove(Identity(), second.x5t_s256) is True
+        assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
+
+    def test_purge_removes_only_that_identity(self, store):
+        store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
+        store.put(UAMI, entry(cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
+        assert store.purge(UAMI) == 1
+        assert store.purge(UAMI) == 0
+        assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
+        assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
+
+    def test_wrong_issuer_is_reported_corrupt_not_absent(self, store):
+        store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
+        with pytest.raises(CorruptEntry, match="issuer"):
+            store.find(Identity(), issuer_cn="someone-else.example")
+
+    def test_put_refuses_certificate_of_another_client_id_and_keeps_old_entry(self, store):
+        good = store.put(UAMI, entry(cn=UAMI.value), issuer_cn=ISSUER_CN)
+        with pytest.raises(CorruptEntry, match="another client id"):
+            store.put(UAMI, entry(cn=CLIENT, key_no=1), issuer_cn=ISSUER_CN)
+        assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == good.x5t_s256
