@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show the stored certificate (no network)")
     _identity_args(s)
     s.add_argument("--json", action="store_true")
+    t = sub.add_parser("token", help="get an mtls_pop access token for a resource")
+    t.add_argument("--resource", required=True, help="resource URI, e.g. https://vault.azure.net")
+    _identity_args(t)
+    t.add_argument("--json", action="store_true")
     u = sub.add_parser("purge", help="remove the identity's stored certificate")
     _identity_args(u)
     e = sub.add_parser("emulator", help="run the local IMDS v2 + ESTS emulator")
@@ -90,6 +94,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if state in ("fresh", "renew") else 1
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    token = _client(args).acquire_token(args.resource)
+    out = {
+        "token_type": token.token_type,
+        "access_token": token.access_token,
+        "expires_on": str(token.expires_on),
+        "x5t_s256": token.x5t_s256,
+        "source": token.source,
+    }
+    if args.json:
+        print(json.dumps({**out, "expires_on": token.expires_on}, sort_keys=True))
+    else:
+        _print_cert(out, False)
+    return 0
+
+
 def _cmd_purge(args: argparse.Namespace) -> int:
     n = _client(args).purge()
     print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
@@ -129,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
     commands = {
-        "cert": _cmd_cert, "status": _cmd_status, "purge": _cmd_purge,
+        "cert": _cmd_cert, "status": _cmd_status, "token": _cmd_token, "purge": _cmd_purge,
         "emulator": _cmd_emulator, "demo": _cmd_demo,
     }
     try:

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,9 +18,14 @@ from ._errors import ImdsResponseError, MsiCertError, StoreError
 from ._identity import Identity
 from ._imds import ImdsClient, RetryPolicy
 from ._keys import SoftwareKey
-from ._model import BindingCertificate
+from ._model import AccessToken, BindingCertificate
 from ._policy import State
 from ._store import CorruptEntry, Store, default_store
+
+if TYPE_CHECKING:
+    import urllib3
+
+    from ._tokens import TokenManager
 
 __all__ = ["ManagedIdentityClient"]
 
@@ -81,6 +86,8 @@ class ManagedIdentityClient:
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
         self._renew_not_before = 0.0
+        self._sleep = sleep
+        self._token_manager: TokenManager | None = None
 
     @property
     def store(self) -> Store:
@@ -268,6 +275,41 @@ class ManagedIdentityClient:
         log.info("minted certificate %s for %s (not_after %s)", result.x5t_s256,
                  self.identity.alias, result.not_after.isoformat())
         return result
+
+    # --- tokens ------------------------------------------------------------------------------
+    def _tokens(self) -> TokenManager:
+        if self._token_manager is None:
+            from ._tokens import TokenManager
+
+            self._token_manager = TokenManager(self, clock=self._clock, sleep=self._sleep)
+        return self._token_manager
+
+    def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:
+        """An ``mtls_pop`` access token for ``resource`` bound to the binding certificate.
+
+        Served from the in-memory cache while valid (never past the certificate's NotAfter,
+        never for a rotated certificate). Raises TokenError when ESTS refuses.
+        """
+        return self._tokens().acquire(resource, claims)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        resource: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> urllib3.BaseHTTPResponse:
+        """Call a resource over mTLS with ``Authorization: mtls_pop <token>``.
+
+        The same certificate is presented in the TLS handshake and bound in the token.
+        Returns the (preloaded) urllib3 response.
+        """
+        return self._tokens().request(
+            method, url, resource=resource, body=body, headers=headers, timeout=timeout
+        )
 
     # --- maintenance -------------------------------------------------------------------------
     def status(self) -> BindingCertificate | None:

@@ -40,6 +40,13 @@ _KEY_BEGIN, _KEY_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY---
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
+def _no_crash(phase: str) -> None:
+    """Crash-test seam: tests replace it in a child process to die at ``phase``."""
+
+
+_crash_point = _no_crash
+
+
 def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC)
 
@@ -53,6 +60,11 @@ def default_directory() -> str:
     """``$XDG_CONFIG_HOME/msal/certs`` or ``~/.config/msal/certs``."""
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "msal", "certs")
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _block(data: bytes, begin: bytes, end: bytes, what: str, where: str) -> bytes | None:
@@ -252,13 +264,16 @@ class FileStore:
         try:
             try:
                 os.fchmod(fd, 0o600)  # whatever the umask said
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                half = len(data) // 2
+                _write_all(fd, memoryview(data)[:half])
+                _crash_point("temp-half-written")
+                _write_all(fd, memoryview(data)[half:])
                 os.fsync(fd)
+                _crash_point("temp-synced")
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            _crash_point("renamed")
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
