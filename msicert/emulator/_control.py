@@ -1,0 +1,109 @@
+"""The ``/__emulator__/`` control API on the IMDS server, for other processes.
+
+``GET stats`` → ``{"counts", "violations", "issued"}``; ``POST faults`` queues a fault;
+``POST reset`` clears counts, requests, violations and faults; ``POST config`` changes
+``lifetime``, ``backdate`` and ``token_lifetime`` (seconds) and answers the current values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from ._faults import Fault
+from ._http import Reply, invalid_request
+
+if TYPE_CHECKING:
+    from ._http import Handler
+
+__all__ = ["PREFIX", "fault_from_json", "handle"]
+
+PREFIX = "/__emulator__/"
+_CONFIG_FIELDS = ("lifetime", "backdate", "token_lifetime")
+_FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body"})
+
+
+def _number(value: Any, name: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number")
+    return float(value)
+
+
+def _integer(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer or null")
+    return value
+
+
+def fault_from_json(document: Any) -> tuple[str, Fault]:
+    """Endpoint and Fault from the control API's JSON (``times`` defaults to 1, null = forever)."""
+    if not isinstance(document, dict):
+        raise ValueError("body must be a JSON object")
+    unknown = set(document) - _FAULT_FIELDS
+    if unknown:
+        raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
+    endpoint = document.get("endpoint")
+    kind = document.get("kind", "")
+    body = document.get("body")
+    if not isinstance(endpoint, str) or not isinstance(kind, str):
+        raise ValueError("endpoint (and kind, when given) must be strings")
+    if body is not None and not isinstance(body, str):
+        raise ValueError("body must be a string")
+    fault = Fault(
+        status=_integer(document.get("status"), "status"),
+        body=None if body is None else body.encode("utf-8"),
+        retry_after=_number(document.get("retry_after"), "retry_after", optional=True),
+        delay=_number(document.get("delay", 0.0), "delay") or 0.0,
+        times=_integer(document.get("times", 1), "times"),
+        kind=kind,
+    )
+    return endpoint, fault
+
+
+def _config(handler: Handler, document: Any) -> dict[str, float]:
+    state = handler.server.state
+    if not isinstance(document, dict) or set(document) - set(_CONFIG_FIELDS):
+        raise ValueError(f"body must be a JSON object with only {', '.join(_CONFIG_FIELDS)}")
+    values = {name: _number(document[name], name) for name in _CONFIG_FIELDS if name in document}
+    if any(value is None or value <= 0 for n, value in values.items() if n != "backdate"):
+        raise ValueError("lifetime and token_lifetime must be positive")
+    for name, value in values.items():
+        setattr(state, name, value)
+    return {name: float(getattr(state, name)) for name in _CONFIG_FIELDS}
+
+
+def handle(handler: Handler, path: str) -> None:
+    """Answer one control request."""
+    state = handler.server.state
+    body = handler.read_body()
+    if body is None:
+        return
+    route = (handler.command, path[len(PREFIX) :])
+    try:
+        document = json.loads(body) if body else {}
+        if route == ("GET", "stats"):
+            payload: dict[str, Any] = {
+                "counts": state.counts(),
+                "violations": state.violations(),
+                "issued": len(state.issued()),
+            }
+        elif route == ("POST", "faults"):
+            state.inject(*fault_from_json(document))
+            payload = {"ok": True}
+        elif route == ("POST", "reset"):
+            state.reset()
+            payload = {"ok": True}
+        elif route == ("POST", "config"):
+            payload = _config(handler, document)
+        else:
+            handler.send(Reply(404, {"error": "not_found", "error_description": path}))
+            return
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+        handler.send(invalid_request(str(exc)))
+        return
+    handler.send(Reply(200, payload))

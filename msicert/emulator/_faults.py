@@ -1,0 +1,117 @@
+"""Fault injection: what a queued fault is, which endpoints accept it, and the FIFO queues."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["ENDPOINTS", "IMDS_ENDPOINTS", "Fault", "FaultQueues", "check_fault"]
+
+IMDS_ENDPOINTS = ("getplatformmetadata", "issuecredential")
+ESTS_ENDPOINTS = ("token", "resource")
+ENDPOINTS = IMDS_ENDPOINTS + ESTS_ENDPOINTS
+
+_ALL = frozenset(ENDPOINTS)
+_KIND_ENDPOINTS: dict[str, frozenset[str]] = {
+    "": _ALL,
+    "no_server_header": frozenset(IMDS_ENDPOINTS),
+    "malformed_json": _ALL,
+    "wrong_key": frozenset({"issuecredential"}),
+    "expired": frozenset({"issuecredential"}),
+    "not_yet_valid": frozenset({"issuecredential"}),
+    "invalid_client": frozenset({"token"}),
+    "reject_handshake": frozenset(ESTS_ENDPOINTS),
+    "wrong_token_type": frozenset({"token"}),
+    "expires_in_string": frozenset({"token"}),
+}
+MISSING_FIELD = "missing_field:"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected misbehaviour, queued per endpoint and applied to the next request(s).
+
+    ``status`` answers that HTTP status; ``body`` replaces the body (default: a JSON error body
+    for a bare status fault); ``retry_after`` adds a ``Retry-After`` header (seconds);
+    ``delay`` sleeps before answering; ``times`` is how many requests it applies to
+    (``None`` = every request until cleared); ``kind`` names a contract-level misbehaviour:
+    ``no_server_header``, ``malformed_json``, ``missing_field:<name>``, ``wrong_key``,
+    ``expired``, ``not_yet_valid``, ``invalid_client``, ``reject_handshake``,
+    ``wrong_token_type`` or ``expires_in_string``.
+    """
+
+    status: int | None = None
+    body: bytes | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    times: int | None = 1
+    kind: str = ""
+
+    @property
+    def replaces_reply(self) -> bool:
+        """A fault without a kind that sets a status or a body replaces the whole answer."""
+        return not self.kind and (self.status is not None or self.body is not None)
+
+
+def check_fault(endpoint: str, fault: Fault) -> None:
+    """Raise ValueError when ``fault`` cannot apply to ``endpoint``."""
+    if endpoint not in _ALL:
+        raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {', '.join(ENDPOINTS)}")
+    kind = fault.kind
+    if kind.startswith(MISSING_FIELD):
+        if not kind[len(MISSING_FIELD) :]:
+            raise ValueError("missing_field: needs a field name, e.g. missing_field:clientId")
+        kind = ""
+    allowed = _KIND_ENDPOINTS.get(kind)
+    if allowed is None:
+        raise ValueError(f"unknown fault kind {fault.kind!r}")
+    if endpoint not in allowed:
+        raise ValueError(f"fault kind {fault.kind!r} does not apply to {endpoint!r}")
+    if fault.status is not None and not 100 <= fault.status <= 599:
+        raise ValueError(f"status {fault.status} is not an HTTP status")
+    if fault.times is not None and fault.times < 1:
+        raise ValueError("times must be >= 1 or None (forever)")
+    if fault.delay < 0 or (fault.retry_after is not None and fault.retry_after < 0):
+        raise ValueError("delay and retry_after must not be negative")
+
+
+@dataclass
+class _Entry:
+    fault: Fault
+    remaining: int | None
+
+
+@dataclass
+class FaultQueues:
+    """Thread-safe FIFO of faults per endpoint; the head applies until its ``times`` run out."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queues: dict[str, deque[_Entry]] = field(
+        default_factory=lambda: {name: deque() for name in ENDPOINTS}
+    )
+
+    def push(self, endpoint: str, fault: Fault) -> None:
+        """Queue ``fault`` behind any earlier ones for ``endpoint``."""
+        check_fault(endpoint, fault)
+        with self._lock:
+            self._queues[endpoint].append(_Entry(fault, fault.times))
+
+    def take(self, endpoint: str, *, kind: str | None = None) -> Fault | None:
+        """Consume one application of the head fault (only if it has ``kind``, when given)."""
+        with self._lock:
+            queue = self._queues[endpoint]
+            if not queue or (kind is not None and queue[0].fault.kind != kind):
+                return None
+            entry = queue[0]
+            if entry.remaining is not None:
+                entry.remaining -= 1
+                if entry.remaining <= 0:
+                    queue.popleft()
+            return entry.fault
+
+    def clear(self) -> None:
+        """Drop every queued fault."""
+        with self._lock:
+            for queue in self._queues.values():
+                queue.clear()

@@ -1,0 +1,303 @@
+"""The Emulator object (servers, temp files, lifecycle) and the foreground ``serve`` loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Mapping
+from types import FrameType, TracebackType
+from typing import TextIO
+
+from cryptography import x509
+
+from . import _ca
+from ._ests import EstsHandler, handshake_failure_hook, reject_handshake_hook, server_context
+from ._faults import Fault
+from ._http import Server
+from ._imds import ImdsHandler
+from ._state import RecordedRequest, State
+
+__all__ = ["Emulator", "serve"]
+
+logger = logging.getLogger("msicert.emulator")
+
+_POLL_INTERVAL = 0.05  # bounds how long stop() waits for each serve_forever loop
+
+
+def _authority(scheme: str, server: Server) -> str:
+    host, port = server.server_address[:2]
+    host = str(host)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+class Emulator:
+    """Local IMDS v2 (HTTP) + ESTS (HTTPS, mutual TLS) speaking the MSI v2 wire contract.
+
+    ``lifetime``/``backdate`` shape issued certificates (NotBefore = now - backdate,
+    NotAfter = NotBefore + lifetime); ``token_lifetime`` is the access-token lifetime. All
+    three are plain attributes that may change while the servers run. ``imds_port`` and
+    ``ests_port`` pin the ports (0 = any free port). Use as a context manager or call
+    :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        lifetime: float = 3600.0,
+        backdate: float = 60.0,
+        token_lifetime: float = 3600.0,
+        *,
+        imds_port: int = 0,
+        ests_port: int = 0,
+    ) -> None:
+        self.host = host
+        self._ports = (imds_port, ests_port)
+        self._state = State(lifetime=lifetime, backdate=backdate, token_lifetime=token_lifetime)
+        self._servers: list[Server] = []
+        self._threads: list[threading.Thread] = []
+        self._cleanup: weakref.finalize[..., Emulator] | None = None
+        self._ca_file = ""
+        self._lifecycle = threading.Lock()
+        self._stopped = False
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def lifetime(self) -> float:
+        """Certificate lifetime in seconds, measured from NotBefore."""
+        return self._state.lifetime
+
+    @lifetime.setter
+    def lifetime(self, value: float) -> None:
+        self._state.lifetime = value
+
+    @property
+    def backdate(self) -> float:
+        """How far NotBefore lies before the moment of issue, in seconds."""
+        return self._state.backdate
+
+    @backdate.setter
+    def backdate(self, value: float) -> None:
+        self._state.backdate = value
+
+    @property
+    def token_lifetime(self) -> float:
+        """Access-token lifetime in seconds (``expires_in``)."""
+        return self._state.token_lifetime
+
+    @token_lifetime.setter
+    def token_lifetime(self, value: float) -> None:
+        self._state.token_lifetime = value
+
+    @property
+    def cuid(self) -> dict[str, str]:
+        """The VM's cuId (``vmId``, ``vmssId``); drop ``vmssId`` to act as a plain VM."""
+        return self._state.cuid
+
+    @cuid.setter
+    def cuid(self, value: Mapping[str, str]) -> None:
+        self._state.cuid = dict(value)
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant every identity belongs to (a fixed GUID)."""
+        return self._state.tenant_id
+
+    def client_id_for(self, query: Mapping[str, str]) -> str:
+        """Client id for a query: fixed GUID (system), ``client_id`` as given, else uuid5."""
+        return self._state.client_id_for(query)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> Emulator:
+        """Bind both servers on free (or the given) ports and serve in daemon threads."""
+        with self._lifecycle:
+            if self._servers or self._stopped:
+                raise RuntimeError("an Emulator starts once; create a new one")
+            tmp = tempfile.mkdtemp(prefix="msicert-emulator-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
+            try:
+                self._start(tmp)
+            except BaseException:
+                self._shutdown()
+                raise
+        logger.info("emulator started: IMDS %s, ESTS %s", self.imds_url, self.ests_url)
+        return self
+
+    def _start(self, tmp: str) -> None:
+        tls = _ca.server_tls(self.host)
+        self._ca_file = os.path.join(tmp, "ca.pem")
+        with open(self._ca_file, "wb") as handle:
+            handle.write(tls.ca_pem)
+        chain_file = os.path.join(tmp, "ests-server.pem")
+        fd = os.open(chain_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(tls.key_pem + tls.leaf_pem)
+        try:
+            context = server_context(tls, chain_file)
+        finally:
+            os.remove(chain_file)  # the context holds the key; keep no copy on disk
+        imds = Server((self.host, self._ports[0]), ImdsHandler, self._state)
+        self._servers.append(imds)
+        ests = Server(
+            (self.host, self._ports[1]),
+            EstsHandler,
+            self._state,
+            tls=context,
+            before_handshake=reject_handshake_hook(self._state),
+            on_handshake_failure=handshake_failure_hook(self._state),
+        )
+        self._servers.append(ests)
+        self._state.ests_url = _authority("https", ests)
+        self._state.drop_idle_ests = lambda: ests.close_connections(idle_only=True)
+        for server in self._servers:
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": _POLL_INTERVAL},
+                name=f"msicert-emulator-{server.server_address[1]}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop both servers, close live connections and remove the temp directory."""
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._shutdown()
+        logger.info("emulator stopped")
+
+    def _shutdown(self) -> None:
+        self._state.stopping.set()
+        for server, _ in zip(self._servers, self._threads):
+            server.shutdown()
+        for server in self._servers:
+            server.close_connections()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> Emulator:
+        if not self._servers:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses ----------------------------------------------------------------------
+    def _server(self, index: int) -> Server:
+        if len(self._servers) != 2 or self._stopped:
+            raise RuntimeError("the emulator is not running")
+        return self._servers[index]
+
+    @property
+    def imds_url(self) -> str:
+        """``http://host:port`` of IMDS (the value for AZURE_POD_IDENTITY_AUTHORITY_HOST)."""
+        return _authority("http", self._server(0))
+
+    @property
+    def ests_url(self) -> str:
+        """``https://host:port`` of ESTS (returned as ``mtls_authentication_endpoint``)."""
+        self._server(1)
+        return self._state.ests_url
+
+    @property
+    def ca_file(self) -> str:
+        """PEM file holding the ESTS server CA (the value for SSL_CERT_FILE)."""
+        self._server(1)
+        return self._ca_file
+
+    def env(self) -> dict[str, str]:
+        """Environment that points msicert at this emulator."""
+        return {"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.imds_url, "SSL_CERT_FILE": self.ca_file}
+
+    # -- observation and faults ---------------------------------------------------------
+    def count(self, name: str) -> int:
+        """Requests received by ``name`` (getplatformmetadata, issuecredential, token,
+        resource), faulted ones included."""
+        return self._state.count(name)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Snapshot of the recorded requests, oldest first."""
+        return self._state.requests()
+
+    @property
+    def violations(self) -> list[str]:
+        """Snapshot of the wire-contract violations seen, oldest first."""
+        return self._state.violations()
+
+    @property
+    def issued(self) -> list[x509.Certificate]:
+        """Snapshot of the certificates issued, oldest first."""
+        return self._state.issued()
+
+    def inject(self, endpoint: str, fault: Fault) -> None:
+        """Queue ``fault`` for ``endpoint`` (FIFO per endpoint)."""
+        self._state.inject(endpoint, fault)
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault."""
+        self._state.faults.clear()
+
+    def reset(self) -> None:
+        """Clear counts, requests, violations and faults."""
+        self._state.reset()
+
+    def __repr__(self) -> str:
+        running = bool(self._servers) and not self._stopped
+        where = f" imds={self.imds_url} ests={self.ests_url}" if running else ""
+        return f"<Emulator {'running' if running else 'stopped'}{where}>"
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    lifetime: float = 604800.0,
+    out: TextIO | None = None,
+) -> None:
+    """Run an emulator in the foreground until KeyboardInterrupt or SIGTERM.
+
+    IMDS listens on ``port`` (0 = a free port). Prints the ``export`` lines a shell needs,
+    then a ready line, to ``out`` (default: ``sys.stdout`` at call time).
+    """
+    stream = sys.stdout if out is None else out
+    done = threading.Event()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    try:
+        with Emulator(host=host, lifetime=lifetime, imds_port=port) as emulator:
+            for name, value in emulator.env().items():
+                print(f"export {name}={shlex.quote(value)}", file=stream)
+            print(
+                f"# msicert emulator ready: IMDS {emulator.imds_url}, ESTS {emulator.ests_url},"
+                f" stats {emulator.imds_url}/__emulator__/stats (Ctrl-C stops it)",
+                file=stream,
+            )
+            stream.flush()
+            while not done.wait(0.5):
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
