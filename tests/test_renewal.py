@@ -53,6 +53,7 @@ def test_renewal_failure_keeps_serving_the_valid_certificate_with_a_warning(
     c = make_client(clock=clock, renewal_backoff=60.0)
     old = c.get_certificate()
     clock.offset = old.renew_after_ts - time.time() + 1
+    emu.reset()
     emu.inject("getplatformmetadata", Fault(status=503, times=None))
     with caplog.at_level(logging.WARNING, logger="msicert"):
         served = c.get_certificate()
