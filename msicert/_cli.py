@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._errors import ImdsError, MsiCertError, TokenError
 

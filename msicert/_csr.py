@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from . import _der as der
 
-__all__ = ["CUID_ATTRIBUTE_OID", "Signer", "build_csr", "cuid_json", "csr_to_wire"]
+__all__ = ["CUID_ATTRIBUTE_OID", "Signer", "build_csr", "csr_to_wire", "cuid_json"]
 
 CUID_ATTRIBUTE_OID = "1.3.6.1.4.1.311.90.2.10"
 _OID_DC = "0.9.2342.19200300.100.1.25"

@@ -47,7 +47,8 @@ def run_demo() -> int:
                                           clock=clock).get_certificate()
             _say("cold", f"no certificate anywhere: minted one through IMDS "
                          f"(source={first.source}, {imds_calls()} IMDS calls), "
-                         f"x5t#S256 {first.x5t_s256}, valid until {first.not_after:%Y-%m-%d %H:%M}Z")
+                         f"x5t#S256 {first.x5t_s256}, "
+                         f"valid until {first.not_after:%Y-%m-%d %H:%M}Z")
             ok &= first.source == "imds"
 
             before = imds_calls()
@@ -60,9 +61,11 @@ def run_demo() -> int:
             ok &= warm.source == "store" and imds_calls() == before
 
             clock.offset = warm.renew_after_ts - time.time() + 1
-            _say("renew", f"time moves to just past renew_after ({warm.renew_after:%Y-%m-%d %H:%M}Z,"
-                          f" {100 * (warm.renew_after_ts - warm.not_before_ts) / (warm.not_after_ts - warm.not_before_ts):.1f}"
-                          " % of the lifetime)")
+            share = (warm.renew_after_ts - warm.not_before_ts) / (
+                warm.not_after_ts - warm.not_before_ts)
+            _say("renew", f"time moves to just past renew_after "
+                          f"({warm.renew_after:%Y-%m-%d %H:%M}Z, "
+                          f"{100 * share:.1f} % of the lifetime)")
             renewed = second_client.get_certificate()
             stored = second_client.status()
             _say("renew", f"renewed proactively (source={renewed.source}), new x5t#S256 "

@@ -9,8 +9,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from ._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError

@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ._errors import StoreError
 
@@ -46,7 +46,9 @@ class IdentityLock:
         deadline = time.monotonic() + self.timeout
         if not self._thread.acquire(blocking, self.timeout if blocking else -1):
             if blocking:
-                raise StoreError(f"timed out after {self.timeout:.0f} s waiting for {self.lock_path}")
+                raise StoreError(
+                    f"timed out after {self.timeout:.0f} s waiting for {self.lock_path}"
+                )
             yield False
             return
         try:

@@ -6,7 +6,8 @@ Nothing here reads a clock or touches a file: every function takes ``now`` (POSI
 from __future__ import annotations
 
 import enum
-from typing import Iterable, Protocol, TypeVar
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID

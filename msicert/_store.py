@@ -25,12 +25,18 @@ class CorruptEntry(StoreError):
 class NewEntry(Protocol):
     """What a store persists: the certificate, its key, and the token-leg metadata."""
 
-    der: bytes
-    key_pem: bytes
-    client_id: str
-    tenant_id: str
-    mtls_endpoint: str
-    identity_type: str
+    @property
+    def der(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def mtls_endpoint(self) -> str: ...
+    @property
+    def identity_type(self) -> str: ...
 
 
 class Store(Protocol):

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization

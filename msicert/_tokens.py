@@ -6,8 +6,9 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._errors import TokenError
 from ._model import AccessToken, BindingCertificate
