@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import _policy
 from ._csr import build_csr, csr_to_wire
-from ._errors import ImdsResponseError, MsiCertError, StoreError
+from ._errors import ImdsResponseError, MsiCertError
 from ._identity import Identity
 from ._imds import ImdsClient, RetryPolicy
 from ._keys import SoftwareKey
@@ -129,7 +128,11 @@ class ManagedIdentityClient:
     # --- store and memory --------------------------------------------------------------------
     def _remember(self, cert: BindingCertificate) -> None:
         self._cert = cert
-        self._memory_view = dataclasses.replace(cert, source="memory")
+        self._memory_view = cert.with_source("memory")
+
+    def forget(self) -> None:
+        """Drop the in-memory certificate (the store keeps it); the next call re-reads."""
+        self._forget()
 
     def _forget(self) -> None:
         self._memory_view = None
@@ -262,11 +265,8 @@ class ManagedIdentityClient:
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
             identity_type=issued.identity_type,
         )
-        try:
-            stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
-        except StoreError:
-            raise
-        result = dataclasses.replace(stored, source="imds")
+        stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
+        result = stored.with_source("imds")
         self._remember(result)
         if st is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.

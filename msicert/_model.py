@@ -103,6 +103,13 @@ class BindingCertificate:
         """RFC 4514 issuer."""
         return self.certificate.issuer.rfc4514_string()
 
+    def with_source(self, source: str) -> BindingCertificate:
+        """The same certificate labelled with another ``source`` (cheap shallow copy)."""
+        twin = object.__new__(BindingCertificate)
+        twin.__dict__.update(self.__dict__)
+        twin.__dict__["source"] = source
+        return twin
+
     def state(self, now: float) -> _policy.State:
         """Policy state at ``now``."""
         return _policy.state(self.not_before_ts, self.not_after_ts, self.renew_after_ts, now)

@@ -51,8 +51,8 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC)
 
 
-# (x5t, key PEM) pairs whose key was checked against the certificate in this process
-_verified: set[tuple[str, bytes]] = set()
+# (x5t, key PEM, identity, issuer CN) already checked in this process
+_verified: set[tuple[str, bytes, str, str]] = set()
 _verified_lock = threading.Lock()
 
 
@@ -178,16 +178,21 @@ class FileStore:
             raise CorruptEntry("unparsable certificate", location=location) from exc
         if meta.get("identity") != identity.alias:
             raise CorruptEntry("entry belongs to another identity", location=location)
-        why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
-        if why:
-            raise CorruptEntry(why, location=location)
         entry = BindingCertificate.from_der(
             der, cert, identity=identity, client_id=meta["client_id"],
             tenant_id=meta["tenant_id"], mtls_endpoint=meta["mtls_endpoint"],
             identity_type=meta["identity_type"], source="store", key="file",
             store=location, cert_pem=cert_block,
         )
-        self._check_key_once(entry, key_block, location)
+        # Subject/issuer and key/cert checks depend only on these bytes: once per process.
+        marker = (entry.x5t_s256, key_block, identity.alias, issuer_cn.lower())
+        if marker not in _verified:
+            why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
+            if why:
+                raise CorruptEntry(why, location=location)
+            self._check_key(entry, key_block, location)
+            with _verified_lock:
+                _verified.add(marker)
         return entry
 
     @staticmethod
@@ -210,11 +215,8 @@ class FileStore:
         return meta
 
     @staticmethod
-    def _check_key_once(entry: BindingCertificate, key_block: bytes, location: str) -> None:
-        """Key/cert match, once per process per entry: public halves compared, no RSA check."""
-        marker = (entry.x5t_s256, key_block)
-        if marker in _verified:
-            return
+    def _check_key(entry: BindingCertificate, key_block: bytes, location: str) -> None:
+        """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
         try:
             key = serialization.load_pem_private_key(
                 key_block, None, unsafe_skip_rsa_key_validation=True
@@ -228,8 +230,6 @@ class FileStore:
             and key.public_key().public_numbers() == cert_key.public_numbers()
         ):
             raise CorruptEntry("private key does not match the certificate", location=location)
-        with _verified_lock:
-            _verified.add(marker)
 
     # --- write -----------------------------------------------------------------------------
     def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:

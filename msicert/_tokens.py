@@ -32,6 +32,7 @@ class _Cached:
     view: AccessToken  # source "cache": returned afterwards
     serve_until: float
     refresh_on: float
+    x5t_s256: str
 
 
 def _tls_failure(exc: BaseException) -> bool:
@@ -69,15 +70,16 @@ class TokenManager:
         self._server_error_delay = server_error_delay
         self.tls = TlsCache()
         self._cache: dict[str, _Cached] = {}
+        self._scopes: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
     def acquire(self, resource: str, claims: str | None = None) -> AccessToken:
         """A token for ``resource`` bound to the current certificate (cached when possible)."""
         cert = self._client.get_certificate()
-        key = scope_for(resource)
+        key = self._scopes.get(resource) or self._scope(resource)
         hit = None if claims else self._cache.get(key)
-        if hit is not None and hit.view.x5t_s256 == cert.x5t_s256:
+        if hit is not None and hit.x5t_s256 == cert.x5t_s256:
             now = self._clock()
             if now < hit.refresh_on:
                 return hit.view
@@ -87,10 +89,16 @@ class TokenManager:
             if not claims:
                 hit = self._cache.get(key)
                 cert = self._client.get_certificate()
-                if (hit is not None and hit.view.x5t_s256 == cert.x5t_s256
+                if (hit is not None and hit.x5t_s256 == cert.x5t_s256
                         and self._clock() < hit.refresh_on):
                     return hit.view
             return self._fetch(key, resource, claims)
+
+    def _scope(self, resource: str) -> str:
+        scope = scope_for(resource)
+        if len(self._scopes) < 256:  # bounded: resources are few in practice
+            self._scopes[resource] = scope
+        return scope
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -143,8 +151,8 @@ class TokenManager:
         if evict:
             self._client.invalidate(cert.x5t_s256)
         else:
-            self._client._forget()
-        for k in [k for k, v in self._cache.items() if v.view.x5t_s256 == cert.x5t_s256]:
+            self._client.forget()
+        for k in [k for k, v in self._cache.items() if v.x5t_s256 == cert.x5t_s256]:
             self._cache.pop(k, None)
         return self._client.get_certificate()
 
@@ -192,7 +200,7 @@ class TokenManager:
         if cache:
             view = AccessToken(resp.access_token, "mtls_pop", expires_on, cert.x5t_s256,
                                "cache", refresh_on)
-            self._cache[key] = _Cached(fresh, view, serve_until, refresh_on)
+            self._cache[key] = _Cached(fresh, view, serve_until, refresh_on, cert.x5t_s256)
         log.info("acquired mtls_pop token for %s bound to %s (expires_on %d)",
                  scope_for(key), cert.x5t_s256, expires_on)
         return fresh
