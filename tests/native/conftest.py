@@ -1,0 +1,33 @@
+"""Fixtures for the native-layer tests (Linux, Wine tier and real Windows)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from native_testutil import is_windows
+
+
+@pytest.fixture
+def marker() -> str:
+    """A unique DC value: every certificate a test adds carries it, so cleanup is exact."""
+    return f"msicert-native-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def user_store(marker: str) -> Iterator[Any]:
+    """CurrentUser\\My, cleaned of this test's certificates afterwards (collect, then delete)."""
+    if not is_windows():
+        pytest.skip("needs Windows (run by the Wine tier / windows-latest)")
+    import msicert_native as native
+
+    with native.open_system_store("current-user", "My") as store:
+        try:
+            yield store
+        finally:
+            leftovers = native.find_certificates(store, subject_substr=marker)
+            for ref in leftovers:
+                with ref:
+                    native.delete_certificate(store, ref)

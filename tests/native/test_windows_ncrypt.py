@@ -1,0 +1,171 @@
+"""CNG keys in the software KSP (Wine tier and real Windows).
+
+Under Wine one key per padding: after a PSS signature, PKCS#1 signatures on the same key fail
+(0x8009002D, a Wine bug). Wine cannot show key persistence across processes (NCryptOpenKey and
+NCryptDeleteKey are stubs), export-policy enforcement, or KeyGuard: those tests skip there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from native_testutil import artifact_dir, is_wine, needs_windows, skip_on_wine
+
+pytestmark = needs_windows
+
+
+def _native() -> Any:
+    import msicert_native
+
+    return msicert_native
+
+
+@pytest.fixture
+def provider() -> Iterator[Any]:
+    with _native().open_provider() as prov:
+        yield prov
+
+
+@pytest.fixture
+def key(provider: Any) -> Iterator[Any]:
+    native = _native()
+    created = native.create_rsa_key(provider, f"msicert-test-{uuid.uuid4()}", keyguard=False)
+    try:
+        yield created
+    finally:
+        if not created.closed and not is_wine():
+            native.delete_key(created)
+        created.close()
+
+
+def _public(key: Any) -> Any:
+    return serialization.load_der_public_key(_native().export_public_spki(key))
+
+
+def test_software_key_exports_spki_and_signs_pss(key: Any) -> None:
+    native = _native()
+    public = _public(key)
+    assert public.key_size == 2048
+    message = b"msicert pss"
+    signature = native.sign_pss_sha256(key, hashlib.sha256(message).digest())
+    assert len(signature) == 256
+    public.verify(
+        signature,
+        message,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        hashes.SHA256(),
+    )
+    assert native.is_virtual_iso(key) is False
+    assert native.get_export_policy(key) == 0
+
+
+def test_software_key_signs_pkcs1(key: Any) -> None:
+    native = _native()
+    message = b"msicert pkcs1"
+    signature = native.sign_pkcs1_sha256(key, hashlib.sha256(message).digest())
+    _public(key).verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_sign_rejects_a_non_sha256_digest(key: Any) -> None:
+    with pytest.raises(ValueError):
+        _native().sign_pss_sha256(key, b"short")
+
+
+def test_csr_signed_by_the_cng_key(key: Any) -> None:
+    """The IMDS v2 CSR built over the CNG key verifies (here, and with openssl in run.sh)."""
+    from msicert._csr import build_csr
+
+    native = _native()
+    client_id, tenant_id = str(uuid.uuid4()), str(uuid.uuid4())
+    csr_der = build_csr(
+        spki_der=native.export_public_spki(key),
+        sign=lambda tbs: native.sign_pss_sha256(key, hashlib.sha256(tbs).digest()),
+        client_id=client_id,
+        tenant_id=tenant_id,
+        cuid={"vmId": str(uuid.uuid4())},
+    )
+    csr = x509.load_der_x509_csr(csr_der)
+    assert csr.is_signature_valid
+    assert client_id in csr.subject.rfc4514_string()
+    out = artifact_dir()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        backend = native.BACKEND
+        (out / f"csr-{backend}.der").write_bytes(csr_der)
+
+
+def test_ncrypt_failure_carries_status(provider: Any) -> None:
+    native = _native()
+    with pytest.raises(native.NativeError) as info:
+        native.open_key(provider, f"msicert-missing-{uuid.uuid4()}")
+    err = info.value
+    assert err.function == "NCryptOpenKey"
+    assert err.status is not None and err.status >= 0x80000000
+    assert f"0x{err.status:08X}" in str(err)
+
+
+@skip_on_wine("NCryptOpenKey/NCryptDeleteKey are stubs: keys do not survive the process")
+def test_key_persists_across_processes_until_deleted(provider: Any) -> None:
+    native = _native()
+    name = f"msicert-test-{uuid.uuid4()}"
+    created = native.create_rsa_key(provider, name, keyguard=False)
+    spki = native.export_public_spki(created)
+    created.close()
+    child = textwrap.dedent(
+        """
+        import sys, msicert_native as n
+        with n.open_provider() as p, n.open_key(p, sys.argv[1]) as k:
+            sys.stdout.write(n.export_public_spki(k).hex())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child, name], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert bytes.fromhex(result.stdout) == spki
+    with native.open_key(provider, name) as reopened:
+        native.delete_key(reopened)
+        assert reopened.closed
+    with pytest.raises(native.NativeError):
+        native.open_key(provider, name)
+
+
+@skip_on_wine("export policy is not enforced (private blobs export regardless)")
+def test_private_key_is_not_exportable(key: Any) -> None:
+    from msicert_native._backend import impl
+
+    native = _native()
+    with pytest.raises(native.NativeError) as info:
+        impl.ncrypt_export_key(key.handle, "RSAPRIVATEBLOB", 0)
+    assert info.value.status is not None
+
+
+@skip_on_wine("KeyGuard (VBS) flags are accepted and ignored")
+def test_keyguard_key_or_documented_fallback(provider: Any) -> None:
+    """KeyGuard where VBS runs; otherwise the documented failure, then a software key."""
+    native = _native()
+    name = f"msicert-test-kg-{uuid.uuid4()}"
+    try:
+        key = native.create_rsa_key(provider, name, keyguard=True)
+    except native.NativeError as exc:
+        assert exc.status is not None  # e.g. 0x80890014 "VBS key isolation is not available"
+        with native.create_rsa_key(provider, name, keyguard=False) as fallback:
+            assert native.is_virtual_iso(fallback) is False
+            assert native.get_export_policy(fallback) == 0
+            native.sign_pss_sha256(fallback, hashlib.sha256(b"x").digest())
+            native.delete_key(fallback)
+        return
+    with key:
+        assert native.is_virtual_iso(key) is True
+        native.sign_pss_sha256(key, hashlib.sha256(b"x").digest())
+        native.delete_key(key)
