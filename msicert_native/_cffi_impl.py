@@ -13,7 +13,19 @@ import sys
 from typing import Any, Final
 
 from . import _constants as C
-from ._errors import NativeError, WindowsRequiredError, check_bool, check_handle, check_status
+from ._errors import (
+    NativeError,
+    WindowsRequiredError,
+    check_bool,
+    check_handle,
+    check_status,
+)
+from ._errors import (
+    clean_message as _clean,
+)
+from ._errors import (
+    signed32 as _signed,
+)
 from ._ffi import ffi
 from ._types import KeyProvInfo
 
@@ -43,11 +55,11 @@ def _fn(name: str) -> Any:
 
 def _last_error() -> tuple[int, str]:
     code, message = ffi.getwinerror()
-    return int(code), str(message)
+    return int(code), _clean(str(message))
 
 
 def _describe(status: int) -> str:
-    return str(ffi.getwinerror(status)[1]) if sys.platform == "win32" else ""
+    return _clean(str(ffi.getwinerror(_signed(status))[1])) if sys.platform == "win32" else ""
 
 
 def _wstr(text: str) -> Any:

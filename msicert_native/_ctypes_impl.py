@@ -11,9 +11,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
+from collections.abc import Callable
 from ctypes import POINTER, Structure, byref, c_int, c_int32, c_size_t, c_uint16, c_uint32
 from ctypes import c_void_p as _ptr
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from . import _constants as C
 from ._ctypes_structs import (
@@ -23,7 +24,19 @@ from ._ctypes_structs import (
     CRYPT_KEY_PROV_INFO,
     CRYPTOAPI_BLOB,
 )
-from ._errors import NativeError, WindowsRequiredError, check_bool, check_handle, check_status
+from ._errors import (
+    NativeError,
+    WindowsRequiredError,
+    check_bool,
+    check_handle,
+    check_status,
+)
+from ._errors import (
+    clean_message as _clean,
+)
+from ._errors import (
+    signed32 as _signed,
+)
 from ._types import KeyProvInfo
 
 BACKEND: Final = "ctypes"
@@ -95,13 +108,13 @@ def _fn(name: str) -> Callable[..., Any]:
 def _last_error() -> tuple[int, str]:
     if sys.platform == "win32":
         code = ctypes.get_last_error()
-        return code, ctypes.FormatError(code)
+        return code, _clean(ctypes.FormatError(_signed(code)))
     raise WindowsRequiredError("GetLastError")  # pragma: no cover - unreachable off Windows
 
 
 def _describe(status: int) -> str:
     if sys.platform == "win32":
-        return ctypes.FormatError(status)
+        return _clean(ctypes.FormatError(_signed(status)))
     return ""  # pragma: no cover
 
 

@@ -12,7 +12,8 @@ in as a callable that is invoked before anything else runs):
 from __future__ import annotations
 
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = [
     "BackendUnavailableError",
@@ -90,6 +91,20 @@ class WindowsRequiredError(NativeError):
 
 class BackendUnavailableError(ImportError):
     """MSICERT_NATIVE_BACKEND forced a backend that cannot be imported."""
+
+
+def signed32(code: int) -> int:
+    """``code`` as a signed 32-bit int (what FormatMessage wrappers take for HRESULTs)."""
+    code &= 0xFFFFFFFF
+    return code - 0x1_0000_0000 if code & 0x8000_0000 else code
+
+
+def clean_message(message: str) -> str:
+    """Drop placeholder texts some FormatMessage fallbacks return (e.g. under Wine)."""
+    message = message.strip()
+    if not message or "%" in message or message == "<no description>":
+        return ""
+    return message
 
 
 def check_bool(result: int, function: str, last_error: LastError) -> None:

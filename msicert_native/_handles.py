@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from . import _constants as C
 from ._backend import impl as _impl

@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 KEYGUARD_FLAGS = C.NCRYPT_USE_VIRTUAL_ISOLATION_FLAG | C.NCRYPT_USE_PER_BOOT_KEY_FLAG
-# Statuses meaning "this key has no such property" (software KSP keys lack "Virtual Iso").
-_NO_PROPERTY = (C.NTE_NOT_SUPPORTED, C.NTE_NOT_FOUND)
+# Statuses meaning "this key has no such property" (software KSP keys lack "Virtual Iso");
+# Wine answers NTE_INVALID_PARAMETER for a property name it does not know.
+_NO_PROPERTY = (C.NTE_NOT_SUPPORTED, C.NTE_NOT_FOUND, C.NTE_INVALID_PARAMETER)
 
 
 def _dword(value: int) -> bytes:

@@ -82,6 +82,12 @@ def https_request(
                 C.WINHTTP_OPTION_REDIRECT_POLICY,
                 C.WINHTTP_OPTION_REDIRECT_POLICY_NEVER,
             )
+            # One handshake per request: a pooled connection authenticated with another
+            # client certificate (or none) must never carry this request. Wine pools
+            # connections across sessions, so without this its tests would see reuse.
+            _impl.winhttp_set_option_dword(
+                request.handle, C.WINHTTP_OPTION_DISABLE_FEATURE, C.WINHTTP_DISABLE_KEEP_ALIVE
+            )
             if not verify_server:
                 _impl.winhttp_set_option_dword(
                     request.handle, C.WINHTTP_OPTION_SECURITY_FLAGS, _IGNORE_SERVER_CERT_ERRORS
