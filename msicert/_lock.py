@@ -1,20 +1,23 @@
 """Single flight per identity: a thread lock in the process, an advisory file lock across them.
 
-POSIX uses ``fcntl.flock`` on a lock file beside the entry; the kernel drops the lock when its
-holder dies (even by SIGKILL), so a crashed minter never blocks the others.
+POSIX uses ``fcntl.flock`` on a lock file beside the entry (``msvcrt.locking`` for a file store
+on Windows); the kernel drops the lock when its holder dies (even by SIGKILL), so a crashed
+minter never blocks the others. The Windows certificate store uses a named mutex instead
+(:class:`MutexLock`): an abandoned mutex counts as acquired.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 from ._errors import StoreError
 
-__all__ = ["IdentityLock"]
+__all__ = ["IdentityLock", "MutexLock"]
 
 _registry: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
@@ -64,8 +67,6 @@ class IdentityLock:
             self._thread.release()
 
     def _acquire_file(self, blocking: bool, deadline: float) -> int | None:
-        import fcntl
-
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.lock_path, flags, 0o600)
@@ -74,9 +75,9 @@ class IdentityLock:
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _try_lock(fd)
                     return fd
-                except BlockingIOError:
+                except (BlockingIOError, PermissionError):
                     if not blocking:
                         os.close(fd)
                         return None
@@ -90,3 +91,52 @@ class IdentityLock:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # released by the OS when the process dies
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+class MutexLock:
+    """Thread lock + a Windows named mutex (``Local\\`` or ``Global\\msicert-<hash>``)."""
+
+    def __init__(self, name: str, *, timeout: float = 120.0) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._thread = _thread_lock("mutex:" + name)
+
+    @contextlib.contextmanager
+    def hold(self, *, blocking: bool = True) -> Iterator[bool]:
+        """Same contract as :meth:`IdentityLock.hold`."""
+        import msicert_native
+
+        if not self._thread.acquire(blocking, self.timeout if blocking else -1):
+            if blocking:
+                raise StoreError(f"timed out after {self.timeout:.0f} s waiting for {self.name}")
+            yield False
+            return
+        try:
+            wait_ms = int(self.timeout * 1000) if blocking else 0
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(msicert_native.named_mutex(self.name, wait_ms))
+                except msicert_native.NativeTimeoutError as exc:
+                    if blocking:
+                        raise StoreError(
+                            f"timed out after {self.timeout:.0f} s waiting for another process "
+                            f"holding {self.name}"
+                        ) from exc
+                    yield False
+                    return
+                yield True
+        finally:
+            self._thread.release()
