@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from native_testutil import needs_windows
+from native_testutil import is_windows, needs_windows
 
 pytestmark = needs_windows
 
@@ -23,7 +23,7 @@ pytestmark = needs_windows
 PORTS = dict(item.split("=", 1) for item in os.environ.get("MSICERT_WINE_TLS_PORTS", "").split())
 TLS_DIR = os.environ.get("MSICERT_WINE_TLS_DIR", "")
 needs_server = pytest.mark.skipif(
-    not (PORTS and TLS_DIR),
+    is_windows() and not (PORTS and TLS_DIR),
     reason="no mTLS test server (tools/wine/run.sh starts one and sets "
     "MSICERT_WINE_TLS_PORTS / MSICERT_WINE_TLS_DIR)",
 )
