@@ -13,14 +13,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from . import _policy
+from ._attestation import attestation_token
 from ._csr import build_csr, csr_to_wire
 from ._errors import ImdsResponseError, MsiCertError
 from ._identity import Identity
-from ._imds import ImdsClient, RetryPolicy
-from ._keys import SoftwareKey
+from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
-from ._store import CorruptEntry, Store, default_store
+from ._store import CorruptEntry, KeyMaterial, Store, default_store
 
 if TYPE_CHECKING:
     import urllib3
@@ -42,6 +42,8 @@ class _Minted:
     tenant_id: str
     mtls_endpoint: str
     identity_type: str
+    key_name: str
+    key_kind: str
 
 
 class ManagedIdentityClient:
@@ -49,9 +51,11 @@ class ManagedIdentityClient:
 
     With no selector it speaks for the system-assigned identity; ``client_id``, ``object_id``
     or ``resource_id`` (one at most) pick a user-assigned one. ``store_dir`` overrides the
-    store directory, ``imds_endpoint`` the IMDS base (default: environment, then
-    ``http://169.254.169.254``), ``issuer`` the expected issuer CN (default: ``$MSICERT_ISSUER``,
-    then ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
+    store directory; ``store_location`` picks the Windows store (``"current-user"``, the
+    default, or ``"local-machine"`` for services). ``imds_endpoint`` is the IMDS base
+    (default: the environment, then ``http://169.254.169.254``); ``issuer`` the expected
+    issuer CN (default: ``$MSICERT_ISSUER``, then
+    ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class ManagedIdentityClient:
         object_id: str | None = None,
         resource_id: str | None = None,
         store_dir: str | None = None,
+        store_location: str | None = None,
         imds_endpoint: str | None = None,
         issuer: str | None = None,
         store: Store | None = None,
@@ -76,7 +81,7 @@ class ManagedIdentityClient:
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
         self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
-        self._store = store if store is not None else default_store(store_dir)
+        self._store = store if store is not None else default_store(store_dir, store_location)
         self._imds_endpoint = imds_endpoint
         self._imds_options = (connect_timeout, read_timeout, retry, sleep)
         self._imds_client: ImdsClient | None = None
@@ -226,49 +231,17 @@ class ManagedIdentityClient:
         """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
         imds = self._imds()
         meta = imds.get_platform_metadata(self.identity)
-        key = SoftwareKey.generate()
-        csr = build_csr(
-            spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
-            tenant_id=meta.tenant_id, cuid=meta.cuid,
-        )
-        issued = imds.issue_credential(self.identity, csr_to_wire(csr))
-        step = "issuecredential"
+        key = self._store.generate_key(self.identity)
         try:
-            cert = x509.load_der_x509_certificate(issued.certificate_der)
-        except ValueError as exc:
-            raise ImdsResponseError("issued certificate is not DER X.509", step=step) from exc
-        spki = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        if not key.matches(spki):
-            raise ImdsResponseError("issued certificate does not carry our public key", step=step)
-        why = _policy.identity_mismatch(
-            cert, self.identity, issuer_cn=self.issuer_cn,
-            client_id=meta.client_id, tenant_id=meta.tenant_id,
-        )
-        if why:
-            raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)
-        probe = BindingCertificate.from_der(
-            issued.certificate_der, cert, identity=self.identity, client_id=issued.client_id,
-            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
-            identity_type=issued.identity_type, source="imds", key="file", store="",
-        )
-        st = probe.state(now)
-        if st in (State.EXPIRED, State.NOT_YET_VALID):
-            raise ImdsResponseError(
-                f"issued certificate is {st.value.replace('_', ' ')} "
-                f"(valid {probe.not_before.isoformat()} to {probe.not_after.isoformat()}); "
-                "check the system clock", step=step,
-            )
-        minted = _Minted(
-            der=issued.certificate_der, key_pem=key.key_pem, client_id=issued.client_id,
-            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
-            identity_type=issued.identity_type,
-        )
-        stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
+            minted, probe = self._issue(imds, meta, key, now)
+            stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
+        except BaseException:
+            key.discard()
+            raise
+        key.close()
         result = stored.with_source("imds")
         self._remember(result)
-        if st is State.RENEW:
+        if probe.state(now) is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.
             self._renew_not_before = now + min(
                 self._renewal_backoff, max(0.0, (probe.not_after_ts - now) / 8)
@@ -311,6 +284,52 @@ class ManagedIdentityClient:
         return self._tokens().request(
             method, url, resource=resource, body=body, headers=headers, timeout=timeout
         )
+
+    def _issue(
+        self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, now: float
+    ) -> tuple[_Minted, BindingCertificate]:
+        """CSR over ``key``, issuecredential, and every check on what came back."""
+        csr = build_csr(
+            spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
+            tenant_id=meta.tenant_id, cuid=meta.cuid,
+        )
+        token = attestation_token(key, meta, self.identity)
+        issued = imds.issue_credential(self.identity, csr_to_wire(csr), token)
+        step = "issuecredential"
+        try:
+            cert = x509.load_der_x509_certificate(issued.certificate_der)
+        except ValueError as exc:
+            raise ImdsResponseError("issued certificate is not DER X.509", step=step) from exc
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if not key.matches(spki):
+            raise ImdsResponseError("issued certificate does not carry our public key", step=step)
+        why = _policy.identity_mismatch(
+            cert, self.identity, issuer_cn=self.issuer_cn,
+            client_id=meta.client_id, tenant_id=meta.tenant_id,
+        )
+        if why:
+            raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)
+        probe = BindingCertificate.from_der(
+            issued.certificate_der, cert, identity=self.identity, client_id=issued.client_id,
+            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
+            identity_type=issued.identity_type, source="imds", key=key.kind, store="",
+        )
+        st = probe.state(now)
+        if st in (State.EXPIRED, State.NOT_YET_VALID):
+            raise ImdsResponseError(
+                f"issued certificate is {st.value.replace('_', ' ')} "
+                f"(valid {probe.not_before.isoformat()} to {probe.not_after.isoformat()}); "
+                "check the system clock", step=step,
+            )
+        minted = _Minted(
+            der=issued.certificate_der, key_pem=key.key_pem, client_id=issued.client_id,
+            tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
+            identity_type=issued.identity_type, key_name=getattr(key, "name", ""),
+            key_kind=key.kind,
+        )
+        return minted, probe
 
     # --- maintenance -------------------------------------------------------------------------
     def status(self) -> BindingCertificate | None:

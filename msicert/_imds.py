@@ -6,21 +6,31 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from ._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
 from ._identity import Identity, is_guid
+from ._policy import load_certificate
 
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["DEFAULT_IMDS", "ImdsClient", "IssuedCredential", "PlatformMetadata", "RetryPolicy"]
+__all__ = [
+    "DEFAULT_IMDS",
+    "ImdsClient",
+    "IssuedCredential",
+    "PlatformMetadata",
+    "RetryPolicy",
+    "parse_issued_credential",
+    "parse_platform_metadata",
+]
 
 log = logging.getLogger("msicert")
 
@@ -79,8 +89,18 @@ def imds_base_from_env() -> str:
     return (os.environ.get(ENV_IMDS) or DEFAULT_IMDS).rstrip("/")
 
 
-def _excerpt(body: bytes) -> str:
-    return body[:200].decode("utf-8", "replace")
+def _excerpt(body: bytes, redact: tuple[str, ...] = ()) -> str:
+    """The first 200 characters of ``body`` as text, with every ``redact`` string masked.
+
+    Masking happens before the cut, so a secret an answer echoes never leaks, not even in part.
+    """
+    if not any(redact):
+        return body[:200].decode("utf-8", "replace")
+    text = body[: _MAX_BODY + 1].decode("utf-8", "replace")
+    for secret in redact:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text[:200]
 
 
 def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
@@ -93,8 +113,107 @@ def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
 
 
 def _is_absolute_url(text: str, schemes: tuple[str, ...]) -> bool:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. "https://[::1" or a netloc that changes under NFKC
+        return False
     return parts.scheme.lower() in schemes and bool(parts.netloc)
+
+
+def _check_success(
+    step: str, status: int, body: bytes, cid: str, redact: tuple[str, ...] = ()
+) -> None:
+    """Only a 200 answer of at most ``_MAX_BODY`` bytes is parsed."""
+    if status != 200:
+        raise ImdsError(f"IMDS {step} failed", step=step, status=status,
+                        body_excerpt=_excerpt(body, redact), correlation_id=cid)
+    if len(body) > _MAX_BODY:
+        raise ImdsResponseError(
+            f"IMDS {step} answer is larger than {_MAX_BODY} bytes",
+            step=step, status=200, correlation_id=cid,
+        )
+
+
+def parse_platform_metadata(
+    status: int, headers: Mapping[str, str], body: bytes, cid: str
+) -> PlatformMetadata:
+    """Validate a getplatformmetadata answer (imds-v2-protocol.md sections 1 and 2).
+
+    Pure: no I/O. Raises ImdsResponseError for a 200 that breaks the contract, ImdsError for
+    any other status; nothing else escapes, whatever the bytes.
+    """
+    step = "getplatformmetadata"
+    _check_success(step, status, body, cid)
+    server = next((v for k, v in headers.items() if k.lower() == "server"), "")
+    if "imds" not in server.lower():
+        raise ImdsResponseError(
+            "getplatformmetadata answer lacks a Server header naming IMDS: not from IMDS",
+            step=step, status=200, correlation_id=cid,
+        )
+    doc = _json_object(body, step, cid)
+    client_id = _require_str(doc, "clientId", step, cid)
+    if not is_guid(client_id):
+        raise ImdsResponseError("clientId is not a GUID", step=step, correlation_id=cid)
+    tenant_id = _require_str(doc, "tenantId", step, cid)
+    raw_cuid = doc.get("cuId")
+    cuid = {}
+    if isinstance(raw_cuid, dict):
+        cuid = {
+            k: v for k in ("vmId", "vmssId")
+            if isinstance(v := raw_cuid.get(k), str) and v
+        }
+    if not cuid:
+        raise ImdsResponseError(
+            "cuId must be an object with a non-empty vmId or vmssId",
+            step=step, correlation_id=cid,
+        )
+    endpoint = _require_str(doc, "attestationEndpoint", step, cid)
+    if not _is_absolute_url(endpoint, ("https", "http")):
+        raise ImdsResponseError(
+            "attestationEndpoint is not an absolute URL", step=step, correlation_id=cid
+        )
+    return PlatformMetadata(client_id, tenant_id, cuid, endpoint)
+
+
+def parse_issued_credential(
+    status: int, headers: Mapping[str, str], body: bytes, cid: str,
+    *, redact: tuple[str, ...] = (),
+) -> IssuedCredential:
+    """Validate an issuecredential answer (imds-v2-protocol.md section 4).
+
+    Pure: no I/O. ``certificate`` must be base64 of a DER X.509 certificate whose names, key
+    and validity parse. ``redact`` lists secrets that were sent (the attestation token) and
+    must not reach an error message even if the answer echoes them. Raises ImdsResponseError
+    for a 200 that breaks the contract, ImdsError for any other status; nothing else escapes.
+    """
+    step = "issuecredential"
+    _check_success(step, status, body, cid, redact)
+    doc = _json_object(body, step, cid, redact)
+    fields = {
+        name: _require_str(doc, name, step, cid)
+        for name in ("client_id", "tenant_id", "certificate", "identity_type",
+                     "mtls_authentication_endpoint")
+    }
+    try:
+        der = base64.b64decode(fields["certificate"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImdsResponseError(
+            "issuecredential certificate is not base64", step=step, correlation_id=cid
+        ) from exc
+    try:
+        load_certificate(der)  # here, so no odd cryptography error escapes the caller later
+    except ValueError as exc:
+        raise ImdsResponseError(
+            "issued certificate is not DER X.509", step=step, correlation_id=cid
+        ) from exc
+    endpoint = fields["mtls_authentication_endpoint"].rstrip("/")
+    if not _is_absolute_url(endpoint, ("https",)):
+        raise ImdsResponseError(
+            "mtls_authentication_endpoint is not an https URL", step=step, correlation_id=cid
+        )
+    return IssuedCredential(
+        fields["client_id"], fields["tenant_id"], der, fields["identity_type"], endpoint
+    )
 
 
 class ImdsClient:
@@ -130,9 +249,13 @@ class ImdsClient:
         return f"{self.base_url}/metadata/identity/{name}?{query}"
 
     def _call(
-        self, step: str, method: str, url: str, body: bytes | None
+        self, step: str, method: str, url: str, body: bytes | None,
+        redact: tuple[str, ...] = (),
     ) -> tuple[int, dict[str, str], bytes, str]:
-        """One IMDS call with the retry policy; returns (status, headers, body, correlation)."""
+        """One IMDS call with the retry policy; returns (status, headers, body, correlation).
+
+        Only a 200 returns; its body is at most ``_MAX_BODY + 1`` bytes (the parsers refuse
+        the extra byte)."""
         import urllib3
 
         cid = str(uuid.uuid4())
@@ -159,11 +282,6 @@ class ImdsClient:
                 status, resp_headers, data = None, {}, b""
                 transport_error = type(exc).__name__
             if status == 200:
-                if len(data) > _MAX_BODY:
-                    raise ImdsResponseError(
-                        f"IMDS {step} answer is larger than {_MAX_BODY} bytes",
-                        step=step, status=200, correlation_id=cid,
-                    )
                 return status, resp_headers, data, cid
             retryable = status is None or status in _RETRIED or status == 410
             if status == 410 and gone_left > 0:
@@ -180,7 +298,7 @@ class ImdsClient:
                     "MSI v2 not available on this host (IMDS v1 only?): getplatformmetadata "
                     "answered 404" if cls is MsiV2UnavailableError else f"IMDS {step} {what}"
                 )
-                raise cls(msg, step=step, status=status, body_excerpt=_excerpt(data),
+                raise cls(msg, step=step, status=status, body_excerpt=_excerpt(data, redact),
                           correlation_id=cid)
             retry_after = _retry_after(resp_headers.get("retry-after"), policy.max_retry_after)
             wait = max(wait, retry_after) * policy.scale
@@ -193,35 +311,7 @@ class ImdsClient:
     def get_platform_metadata(self, identity: Identity) -> PlatformMetadata:
         """GET getplatformmetadata, check the Server header and every required field."""
         step = "getplatformmetadata"
-        _, headers, data, cid = self._call(step, "GET", self._url(step, identity), None)
-        if "imds" not in headers.get("server", "").lower():
-            raise ImdsResponseError(
-                "getplatformmetadata answer lacks a Server header naming IMDS: not from IMDS",
-                step=step, status=200, correlation_id=cid,
-            )
-        doc = _json_object(data, step, cid)
-        client_id = _require_str(doc, "clientId", step, cid)
-        if not is_guid(client_id):
-            raise ImdsResponseError("clientId is not a GUID", step=step, correlation_id=cid)
-        tenant_id = _require_str(doc, "tenantId", step, cid)
-        raw_cuid = doc.get("cuId")
-        cuid = {}
-        if isinstance(raw_cuid, dict):
-            cuid = {
-                k: v for k in ("vmId", "vmssId")
-                if isinstance(v := raw_cuid.get(k), str) and v
-            }
-        if not cuid:
-            raise ImdsResponseError(
-                "cuId must be an object with a non-empty vmId or vmssId",
-                step=step, correlation_id=cid,
-            )
-        endpoint = _require_str(doc, "attestationEndpoint", step, cid)
-        if not _is_absolute_url(endpoint, ("https", "http")):
-            raise ImdsResponseError(
-                "attestationEndpoint is not an absolute URL", step=step, correlation_id=cid
-            )
-        return PlatformMetadata(client_id, tenant_id, cuid, endpoint)
+        return parse_platform_metadata(*self._call(step, "GET", self._url(step, identity), None))
 
     def issue_credential(
         self, identity: Identity, csr_b64: str, attestation_token: str | None = None
@@ -229,39 +319,26 @@ class ImdsClient:
         """POST issuecredential with the CSR; return the validated answer."""
         step = "issuecredential"
         payload: dict[str, str] = {"csr": csr_b64}
+        redact: tuple[str, ...] = ()
         if attestation_token:
             payload["attestation_token"] = attestation_token
+            redact = (attestation_token,)
         body = json.dumps(payload, separators=(",", ":")).encode("ascii")
-        _, _, data, cid = self._call(step, "POST", self._url(step, identity), body)
-        doc = _json_object(data, step, cid)
-        fields = {
-            name: _require_str(doc, name, step, cid)
-            for name in ("client_id", "tenant_id", "certificate", "identity_type",
-                         "mtls_authentication_endpoint")
-        }
-        try:
-            der = base64.b64decode(fields["certificate"], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ImdsResponseError(
-                "issuecredential certificate is not base64", step=step, correlation_id=cid
-            ) from exc
-        endpoint = fields["mtls_authentication_endpoint"].rstrip("/")
-        if not _is_absolute_url(endpoint, ("https",)):
-            raise ImdsResponseError(
-                "mtls_authentication_endpoint is not an https URL", step=step, correlation_id=cid
-            )
-        return IssuedCredential(
-            fields["client_id"], fields["tenant_id"], der, fields["identity_type"], endpoint
+        status, headers, data, cid = self._call(
+            step, "POST", self._url(step, identity), body, redact
         )
+        return parse_issued_credential(status, headers, data, cid, redact=redact)
 
 
-def _json_object(data: bytes, step: str, cid: str) -> dict[str, Any]:
+def _json_object(
+    data: bytes, step: str, cid: str, redact: tuple[str, ...] = ()
+) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays
         raise ImdsResponseError(
             f"IMDS {step} answer is not JSON", step=step, status=200,
-            body_excerpt=_excerpt(data), correlation_id=cid,
+            body_excerpt=_excerpt(data, redact), correlation_id=cid,
         ) from exc
     if not isinstance(doc, dict):
         raise ImdsResponseError(
@@ -274,6 +351,9 @@ def _retry_after(value: str | None, cap: float) -> float:
     if not value:
         return 0.0
     try:
-        return min(max(float(value), 0.0), cap)
+        seconds = float(value)
     except ValueError:
         return 0.0  # HTTP-date form: the scheduled delay applies
+    if math.isnan(seconds):
+        return 0.0
+    return min(max(seconds, 0.0), cap)

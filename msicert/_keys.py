@@ -49,6 +49,12 @@ class SoftwareKey:
             serialization.NoEncryption(),
         )
 
+    def discard(self) -> None:
+        """Nothing persisted outside the store file: nothing to delete."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def matches(self, spki_der: bytes) -> bool:
         """True when ``spki_der`` is this key's public half."""
         return spki_der == self.spki_der

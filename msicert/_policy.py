@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from ._identity import Identity, is_guid
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_ISSUER_CN",
     "State",
     "identity_mismatch",
+    "load_certificate",
     "pick_best",
     "renew_after",
     "renew_fraction",
@@ -63,6 +65,31 @@ def state(not_before: float, not_after: float, renew_at: float, now: float) -> S
     if now >= renew_at:
         return State.RENEW
     return State.FRESH
+
+
+# What cryptography raises for a malformed certificate: on load (InvalidVersion is no
+# ValueError) and later, when a lazily parsed part is first touched (names: ValueError,
+# KeyError, TypeError; an unknown key algorithm: UnsupportedAlgorithm).
+_CERT_ERRORS = (ValueError, TypeError, KeyError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """Parse DER X.509 and touch every part msicert reads later; ValueError if any is bad.
+
+    cryptography parses names, the public key and the validity lazily, so a certificate that
+    loads can still raise later (and not always ValueError). After this returns, those
+    accessors are known to work on these bytes.
+    """
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.public_key()
+        cert.not_valid_before_utc.timestamp()
+        cert.not_valid_after_utc.timestamp()
+    except _CERT_ERRORS as exc:
+        raise ValueError(f"not a usable DER X.509 certificate ({type(exc).__name__})") from exc
+    return cert
 
 
 def _single(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:

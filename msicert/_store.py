@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from ._errors import StoreError
 from ._identity import Identity
-from ._lock import IdentityLock
 from ._model import BindingCertificate
 
-__all__ = ["CorruptEntry", "NewEntry", "Store", "default_store"]
+__all__ = ["CorruptEntry", "KeyMaterial", "NewEntry", "SingleFlightLock", "Store",
+           "default_store"]
 
 
 class CorruptEntry(StoreError):
@@ -56,14 +57,54 @@ class Store(Protocol):
     def purge(self, identity: Identity) -> int:
         """Remove every entry of ``identity``; return how many went."""
 
-    def lock(self, identity: Identity, *, timeout: float) -> IdentityLock:
+    def lock(self, identity: Identity, *, timeout: float) -> SingleFlightLock:
         """The cross-process single-flight lock for ``identity``."""
 
+    def generate_key(self, identity: Identity) -> KeyMaterial:
+        """A new RSA-2048 key of the kind this store keeps (file, keyguard, software-ksp)."""
 
-def default_store(store_dir: str | None = None) -> Store:
-    """File store on POSIX; the Windows certificate store on Windows (unless a dir is given)."""
-    if sys.platform == "win32" and store_dir is None:
-        raise StoreError("the Windows certificate store backend is not available yet")
+
+class SingleFlightLock(Protocol):
+    """``with lock.hold(blocking=...) as held:`` - held is False only when not blocking."""
+
+    def hold(self, *, blocking: bool = True) -> AbstractContextManager[bool]:
+        """Hold the lock for the ``with`` body."""
+
+
+class KeyMaterial(Protocol):
+    """A fresh key for one mint."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def spki_der(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32 over ``data``."""
+
+    def matches(self, spki_der: bytes) -> bool:
+        """True when ``spki_der`` is this key's public half."""
+
+    def discard(self) -> None:
+        """Forget the key after a failed mint (deletes a persisted one)."""
+
+    def close(self) -> None:
+        """Release native handles once the key is linked to its stored certificate."""
+
+
+def default_store(store_dir: str | None = None, location: str | None = None) -> Store:
+    """File store on POSIX (or wherever ``store_dir`` is given); on Windows the certificate
+    store, ``location`` ``"current-user"`` (default) or ``"local-machine"``."""
+    if location is not None and store_dir is not None:
+        raise ValueError("give either a store directory or a Windows store location")
+    if store_dir is None and (sys.platform == "win32" or location is not None):
+        if sys.platform != "win32":
+            raise StoreError(f"the {location} certificate store exists only on Windows")
+        from ._store_windows import WindowsStore
+
+        return WindowsStore(location or "current-user")
     from ._store_file import FileStore
 
     return FileStore(store_dir)

@@ -17,13 +17,14 @@ import stat
 import threading
 from collections.abc import Iterator
 
-from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import _policy
 from ._errors import StoreError
 from ._identity import Identity
+from ._keys import SoftwareKey
 from ._lock import IdentityLock
 from ._model import BindingCertificate, x5t_s256
 from ._store import CorruptEntry, NewEntry
@@ -39,6 +40,7 @@ _CERT_BEGIN, _CERT_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-
 _KEY_BEGIN, _KEY_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO planted as the entry must not hang
 
 def _no_crash(phase: str) -> None:
     """Crash-test seam: tests replace it in a child process to die at ``phase``."""
@@ -48,7 +50,7 @@ _crash_point = _no_crash
 
 
 def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC)
+    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
 
 
 # (x5t, key PEM, identity, issuer CN) already checked in this process
@@ -128,13 +130,17 @@ class FileStore:
         self.ensure_directory()
         return IdentityLock(self.path_for(identity)[: -len(".pem")] + ".lock", timeout=timeout)
 
+    def generate_key(self, identity: Identity) -> SoftwareKey:
+        """RSA 2048 in memory; persisted only inside the 0600 entry file."""
+        return SoftwareKey.generate()
+
     # --- read ------------------------------------------------------------------------------
     def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
         """Load the identity's entry (never runs RSA key validation)."""
         self.ensure_directory()
         path = self.path_for(identity)
         try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -173,7 +179,7 @@ class FileStore:
             raise CorruptEntry("certificate without private key", location=location)
         try:
             der = binascii.a2b_base64(cert_block[len(_CERT_BEGIN) : -len(_CERT_END)])
-            cert = x509.load_der_x509_certificate(der)
+            cert = _policy.load_certificate(der)  # every lazily parsed part, checked now
         except (ValueError, binascii.Error) as exc:
             raise CorruptEntry("unparsable certificate", location=location) from exc
         if meta.get("identity") != identity.alias:
@@ -221,7 +227,7 @@ class FileStore:
             key = serialization.load_pem_private_key(
                 key_block, None, unsafe_skip_rsa_key_validation=True
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CorruptEntry("unparsable private key", location=location) from exc
         cert_key = entry.certificate.public_key()
         if not (
@@ -240,11 +246,16 @@ class FileStore:
             "tenant_id": entry.tenant_id, "mtls_endpoint": entry.mtls_endpoint,
             "identity_type": entry.identity_type,
         }
-        if any("\n" in v or "\r" in v for v in values.values()):
+        # Any character str.splitlines() breaks on (\n, \r, \v, \f, \x1c-\x1e, \x85, \u2028,
+        # \u2029) would split the header line when read back and truncate the value.
+        if any(len((v + "x").splitlines()) != 1 for v in values.values()):
             raise StoreError("refusing to store metadata containing a line break")
-        cert_pem = x509.load_der_x509_certificate(entry.der).public_bytes(
-            serialization.Encoding.PEM
-        )
+        try:
+            cert_pem = _policy.load_certificate(entry.der).public_bytes(
+                serialization.Encoding.PEM
+            )
+        except ValueError as exc:
+            raise StoreError("refusing to store an unparsable certificate") from exc
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
         data = header.encode("utf-8") + entry.key_pem + cert_pem
         path = self.path_for(identity)
@@ -281,11 +292,14 @@ class FileStore:
         self._fsync_dir()
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot sync store directory {self.directory}: {exc}") from exc
 
     def _sweep(self, path: str) -> None:
         """Remove temp files a crashed writer left (safe: the caller holds the lock)."""
@@ -312,6 +326,8 @@ class FileStore:
             os.unlink(path)
         except FileNotFoundError:
             return False
+        except OSError as exc:  # e.g. a directory planted where the entry belongs
+            raise StoreError(f"cannot remove store entry {path}: {exc}") from exc
         self._fsync_dir()
         return True
 

@@ -51,7 +51,10 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool):
         raise TokenError(f"ESTS answer has a non-numeric {name}")
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a JSON integer beyond float range
+            raise TokenError(f"ESTS answer has an out-of-range {name}") from None
     elif isinstance(value, str):
         try:
             number = float(value.strip())
@@ -64,20 +67,27 @@ def _number(value: Any, name: str) -> float:
     return number
 
 
+def _text(value: Any) -> str:
+    """An OAuth error field as text; a nested JSON value is dropped (str() of it may recurse)."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None or isinstance(value, (dict, list)) else str(value)
+
+
 def parse_token_response(status: int, body: bytes) -> TokenResponse:
     """Validate an ESTS answer; OAuth errors raise EstsRejected, bad shapes TokenError."""
     try:
         doc = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         doc = None
     if not isinstance(doc, dict):
         raise TokenError("ESTS answer is not a JSON object", status=status)
     if status != 200 or "error" in doc:
         raise EstsRejected(
             "ESTS refused the token request",
-            error=str(doc.get("error", "")),
-            error_description=str(doc.get("error_description", "")),
-            correlation_id=str(doc.get("correlation_id", "")),
+            error=_text(doc.get("error")),
+            error_description=_text(doc.get("error_description")),
+            correlation_id=_text(doc.get("correlation_id")),
             status=status,
         )
     token_type = doc.get("token_type")

@@ -1,0 +1,44 @@
+"""Attestation of KeyGuard keys through ``AttestationClientLib.dll`` (Windows, when present).
+
+The DLL is not redistributable: when it is absent the non-attested flow is used and the log
+says so; when it loads but fails, AttestationError carries its status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from ._errors import AttestationError
+from ._identity import Identity
+
+if TYPE_CHECKING:
+    from ._imds import PlatformMetadata
+    from ._store import KeyMaterial
+
+__all__ = ["attestation_token"]
+
+log = logging.getLogger("msicert")
+
+
+def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identity) -> str | None:
+    """A MAA token for a KeyGuard ``key``, or None for the non-attested flow."""
+    if key.kind != "keyguard" or sys.platform != "win32":
+        return None
+    import msicert_native as native
+
+    dll, looked_in = native.find_attestation_library()
+    if dll is None:
+        log.info("AttestationClientLib.dll not found (looked in %s); non-attested flow",
+                 "; ".join(looked_in))
+        return None
+    try:
+        return native.attest_keyguard_key(
+            dll, endpoint=meta.attestation_endpoint, client_id=meta.client_id,
+            key=key.handle,
+        )
+    except native.AttestationFailed as exc:
+        raise AttestationError(
+            f"AttestKeyGuardImportKey failed for {identity.alias}", status=exc.status
+        ) from exc
