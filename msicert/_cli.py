@@ -19,7 +19,11 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--client-id", help="user-assigned identity by client id")
     g.add_argument("--object-id", help="user-assigned identity by object id")
     g.add_argument("--resource-id", help="user-assigned identity by ARM resource id")
-    p.add_argument("--store-dir", help="store directory (default ~/.config/msal/certs)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store-dir", help="store directory (default ~/.config/msal/certs)")
+    where.add_argument("--store", choices=("current-user", "local-machine"), default=None,
+                       help="Windows certificate store (default current-user; "
+                            "local-machine for services)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +59,7 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     return ManagedIdentityClient(
         client_id=args.client_id, object_id=args.object_id, resource_id=args.resource_id,
-        store_dir=args.store_dir,
+        store_dir=args.store_dir, store_location=args.store,
     )
 
 

@@ -25,6 +25,8 @@ from ._store import CorruptEntry, NewEntry
 if TYPE_CHECKING:
     from msicert_native import CertRef, CertStore
 
+    from ._tls_windows import WinHttpCache
+
 __all__ = ["WindowsStore", "format_tag", "parse_tag"]
 
 log = logging.getLogger("msicert")
@@ -265,6 +267,12 @@ class WindowsStore:
     def generate_key(self, identity: Identity) -> NCryptRsaKey:
         """KeyGuard first, else a non-exportable software-KSP key."""
         return generate_key(identity, machine=self.machine)
+
+    def transport(self) -> WinHttpCache:
+        """mTLS through WinHTTP with this store's certificate contexts."""
+        from ._tls_windows import WinHttpCache
+
+        return WinHttpCache(self)
 
     def cert_ref(self, x5t: str) -> CertRef:
         """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP); StoreError if gone."""

@@ -68,7 +68,8 @@ class TokenManager:
         self._sleep = sleep
         self._timeouts = (connect_timeout, read_timeout)
         self._server_error_delay = server_error_delay
-        self.tls = TlsCache()
+        transport = getattr(client.store, "transport", None)  # WinHTTP on the Windows store
+        self.tls: TlsCache = transport() if transport is not None else TlsCache()
         self._cache: dict[str, _Cached] = {}
         self._scopes: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
