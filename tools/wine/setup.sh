@@ -35,6 +35,7 @@ need=()
 [[ -x "$WINE" ]] || need+=(wine wine64 wine64-tools)
 command -v x86_64-w64-mingw32-gcc >/dev/null || need+=(gcc-mingw-w64-x86-64 mingw-w64-x86-64-dev)
 command -v unzip >/dev/null || need+=(unzip)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     log "apt-get install ${need[*]}"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >"$DIR/apt.log" 2>&1; then
