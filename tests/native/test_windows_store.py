@@ -185,3 +185,21 @@ def test_closed_handles_refuse_use(marker: str) -> None:
     assert store.closed
     with pytest.raises(ValueError):
         native.enum_certificates(store)
+
+
+def test_local_machine_store_opens_and_enumerates() -> None:
+    """LocalMachine\\My opens with the rights the caller has (read-only for a non-admin)."""
+    native = _native()
+    with native.open_system_store("local-machine", "My") as store:
+        refs = native.enum_certificates(store)
+        assert all(isinstance(ref.der, bytes) for ref in refs)
+        _close(refs)
+
+
+def test_duplicate_reference_outlives_the_original(user_store: Any, marker: str) -> None:
+    native = _native()
+    der = leaf("dup", marker, "Dup-Issuer")
+    with native.add_certificate(user_store, der, friendly_name="dup", key_name=None) as ref:
+        copy = ref.duplicate()
+    with copy:
+        assert copy.der == der and native.get_friendly_name(copy) == "dup"
