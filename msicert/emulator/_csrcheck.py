@@ -147,13 +147,23 @@ def _key_problems(key: object) -> list[str]:
 def check_csr(der: bytes, *, client_id: str, tenant_id: str, cuid_json: str) -> CsrCheck:
     """Check ``der`` for the identity (client id, tenant, compact cuId JSON) it must name."""
     try:
-        csr = x509.load_der_x509_csr(der)
         info, algorithm, signature = asn1.children(asn1.read_one(der, asn1.SEQUENCE))
         info_parts = asn1.children(info)
-        key = csr.public_key()
-        subject = csr.subject
     except (ValueError, asn1.DerError) as exc:
         return CsrCheck((f"CSR is not a DER PKCS#10 request: {exc}",))
+    try:
+        pss = _pss_problems(algorithm)
+    except (ValueError, IndexError, KeyError, asn1.DerError) as exc:
+        pss = [f"signature algorithm is malformed: {exc}"]
+    try:
+        csr = x509.load_der_x509_csr(der)
+        key = csr.public_key()
+        subject = csr.subject
+    except Exception as exc:
+        # Hostile input meets a parser that raises ValueError, KeyError (unknown string tags),
+        # InvalidVersion or UnsupportedAlgorithm; any of them means "refuse", never "crash".
+        # Say what is wrong with the algorithm too: explicit DEFAULT values trip the parser.
+        return CsrCheck((f"CSR is not a DER PKCS#10 request: {exc}", *pss))
     problems: list[str] = []
     try:
         if asn1.uint(info_parts[0]) != 0:
@@ -164,7 +174,6 @@ def check_csr(der: bytes, *, client_id: str, tenant_id: str, cuid_json: str) -> 
             problems.append("CSR attributes field [0] is missing")
         else:
             problems += _attribute_problems(info_parts[3], cuid_json)
-        pss = _pss_problems(algorithm)
         problems += pss
         if not pss and isinstance(key, rsa.RSAPublicKey):
             if signature.tag != asn1.BIT_STRING or signature.value[:1] != b"\x00":
@@ -178,7 +187,7 @@ def check_csr(der: bytes, *, client_id: str, tenant_id: str, cuid_json: str) -> 
         problems.append(
             "CSR signature does not verify (RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32)"
         )
-    except (ValueError, IndexError, KeyError, asn1.DerError) as exc:
+    except (ValueError, IndexError, KeyError, TypeError, asn1.DerError) as exc:
         problems.append(f"CSR structure is malformed: {exc}")
     if problems or not isinstance(key, rsa.RSAPublicKey):
         return CsrCheck(tuple(problems))

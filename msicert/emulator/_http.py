@@ -14,7 +14,8 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +29,7 @@ logger = logging.getLogger("msicert.emulator")
 
 _MAX_BODY = 1 << 20
 _HANDSHAKE_TIMEOUT = 10.0
+_DRAIN_SECONDS = 1.0
 
 ConnectionHook = Callable[[socket.socket], bool]
 HandshakeFailureHook = Callable[[Exception], None]
@@ -92,6 +94,21 @@ def apply_fault(reply: Reply, fault: Fault) -> None:
         reply.headers.append(("Retry-After", format(fault.retry_after, "g")))
 
 
+def _drain(connection: socket.socket) -> None:
+    """Read and drop what the peer still sends, so closing does not reset the connection.
+
+    A TLS 1.3 client finishes its side of the handshake before the server has judged its
+    certificate and may already have sent a request; closing on unread bytes would send an RST
+    that can overtake the alert. Draining lets the client read the alert itself.
+    """
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    with contextlib.suppress(OSError):
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if not socket.socket.recv(connection, 65536):  # raw bytes, below the TLS layer
+                break
+
+
 class Server(ThreadingHTTPServer):
     """Threaded HTTP(S) server whose connections can be listed and closed from outside."""
 
@@ -127,20 +144,27 @@ class Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         connection: socket.socket = request
+        self._track(request, idle=False)
         try:
             if self.tls is not None:
                 if self.before_handshake is not None and self.before_handshake(request):
                     return
                 request.settimeout(_HANDSHAKE_TIMEOUT)
+                connection = self.tls.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False
+                )
+                self._track(connection, idle=False)
                 try:
-                    connection = self.tls.wrap_socket(request, server_side=True)
+                    connection.do_handshake()
                 except (ssl.SSLError, OSError) as exc:
                     if self.on_handshake_failure is not None:
                         self.on_handshake_failure(exc)
+                    _drain(connection)
                     return
-            self._track(connection, idle=True)
+            self.set_idle(connection, True)
             super().finish_request(connection, client_address)
         finally:
+            self._untrack(request)
             self._untrack(connection)
             if connection is not request:
                 connection.close()
@@ -178,6 +202,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 30
+    disable_nagle_algorithm = True  # small replies must not wait for delayed ACKs
     server_header = ""
     server: Server
 
@@ -215,23 +240,28 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def send(self, reply: Reply, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Write ``reply``; a client that already hung up is not an error."""
+    def send(self, reply: Reply) -> None:
+        """Write ``reply`` in one piece; a client that already hung up is not an error."""
         body = reply.encoded()
+        reason = self.responses.get(reply.status, ("",))[0]
+        lines = [f"{self.protocol_version} {reply.status} {reason}"]
+        if reply.server_header and self.server_header:
+            lines.append(f"Server: {self.server_header}")
+        lines += [
+            f"Date: {self.date_time_string()}",
+            f"Content-Type: {reply.content_type}",
+            f"Content-Length: {len(body)}",
+        ]
+        lines += [f"{name}: {value}" for name, value in reply.headers]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # Idle from the moment the reply leaves: a fault injected as soon as the client has
+        # read it must be able to close this connection.
+        self.server.set_idle(self.connection, True)
         try:
-            self.send_response_only(reply.status)
-            if reply.server_header and self.server_header:
-                self.send_header("Server", self.server_header)
-            self.send_header("Date", self.date_time_string())
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (*reply.headers, *extra_headers):
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            # One write: one TLS record / TCP segment, no wait for a delayed ACK in between.
+            self.wfile.write(head + (body if self.command != "HEAD" else b""))
             self.wfile.flush()
         except OSError:
             self.close_connection = True

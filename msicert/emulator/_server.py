@@ -176,7 +176,8 @@ class Emulator:
 
     def _shutdown(self) -> None:
         self._state.stopping.set()
-        for server, _ in zip(self._servers, self._threads):
+        # shutdown() waits for serve_forever to return: call it only where that loop runs.
+        for server in self._servers[: len(self._threads)]:
             server.shutdown()
         for server in self._servers:
             server.close_connections()
