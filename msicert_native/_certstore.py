@@ -59,12 +59,13 @@ def _collect(store: CertStore, find_type: int | None, text: str) -> list[CertRef
     current = 0
     try:
         while True:
+            # The enum/find call frees the previous context even when it fails: from here on
+            # only the new result (if any) is ours to free.
+            prev, current = current, 0
             if find_type is None:
-                current = _impl.cert_enum_certificates_in_store(store.handle, current)
+                current = _impl.cert_enum_certificates_in_store(store.handle, prev)
             else:
-                current = _impl.cert_find_certificate_in_store(
-                    store.handle, find_type, text, current
-                )
+                current = _impl.cert_find_certificate_in_store(store.handle, find_type, text, prev)
             if not current:
                 return refs
             refs.append(CertRef(_impl.cert_duplicate_certificate_context(current)))

@@ -160,7 +160,9 @@ def named_mutex(name: str, timeout_ms: int) -> Iterator[bool]:
     """Hold the named mutex ``name`` (e.g. ``Local\\msicert-<id>``) for the ``with`` body.
 
     Yields True when the previous owner died holding it (WAIT_ABANDONED): the mutex is owned
-    all the same, but whatever it protected may be half-written. Raises
+    all the same, but whatever it protected may be half-written. Windows mutexes are
+    recursive: a thread that already holds ``name`` acquires it again at once, so use it
+    across processes and keep an in-process lock for threads. Raises
     :class:`NativeTimeoutError` after ``timeout_ms`` (``INFINITE`` = 0xFFFFFFFF waits forever).
     """
     with _Mutex(_impl.create_mutex(name)) as mutex:
