@@ -38,6 +38,12 @@ kernel32::
 
     named_mutex(name, timeout_ms) -> context manager yielding ``abandoned: bool``
 
+Attestation (optional AttestationClientLib.dll, loaded by full path only)::
+
+    find_attestation_library() -> (path | None, looked_in)  # env MSICERT_ATTESTATION_DLL first
+    attest_keyguard_key(dll, *, endpoint, client_id, key, auth_token=None,
+                        client_payload=None) -> str (MAA JWT); AttestationFailed(.status)
+
 Errors: :class:`NativeError` (``OSError``) with ``.function``, ``.winerror`` (GetLastError) or
 ``.status`` (NCrypt SECURITY_STATUS, unsigned) and ``.code``; :class:`NativeTimeoutError`;
 :class:`WindowsRequiredError`; :class:`BackendUnavailableError` (``ImportError``).
@@ -46,6 +52,13 @@ Errors: :class:`NativeError` (``OSError``) with ``.function``, ``.winerror`` (Ge
 from __future__ import annotations
 
 from . import _constants as constants
+from ._attestation import (
+    ATTESTATION_DLL_ENV,
+    AttestationFailed,
+    attest_keyguard_key,
+    attestation_search_paths,
+    find_attestation_library,
+)
 from ._backend import BACKEND, ENV_VAR
 from ._certstore import (
     add_certificate,
@@ -78,9 +91,11 @@ from ._winhttp import HttpResponse, https_request
 MS_KEY_STORAGE_PROVIDER = constants.MS_KEY_STORAGE_PROVIDER
 
 __all__ = [
+    "ATTESTATION_DLL_ENV",
     "BACKEND",
     "ENV_VAR",
     "MS_KEY_STORAGE_PROVIDER",
+    "AttestationFailed",
     "BackendUnavailableError",
     "CertRef",
     "CertStore",
@@ -93,12 +108,15 @@ __all__ = [
     "NativeTimeoutError",
     "WindowsRequiredError",
     "add_certificate",
+    "attest_keyguard_key",
+    "attestation_search_paths",
     "constants",
     "create_rsa_key",
     "delete_certificate",
     "delete_key",
     "enum_certificates",
     "export_public_spki",
+    "find_attestation_library",
     "find_certificates",
     "get_export_policy",
     "get_friendly_name",

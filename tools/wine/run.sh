@@ -37,6 +37,12 @@ markers =
     windows: needs real Windows or the Wine tier
 INI
 
+# Stand-in AttestationClientLib.dll (the real one is not redistributable).
+mkdir -p "$WORK/fake"
+x86_64-w64-mingw32-gcc -O2 -shared -o "$WORK/fake/AttestationClientLib.dll" \
+    "$REPO/tools/wine/fake_attestation.c" || log "fake attestation DLL did not build"
+export MSICERT_WINE_FAKE_ATTESTATION_DLL="Z:${WORK//\//\\}\\fake\\AttestationClientLib.dll"
+
 # Loopback mTLS server (client certificate required) for test_windows_winhttp.py.
 python3 "$REPO/tools/wine/make_tls_fixtures.py" "$WORK/tls"
 python3 "$REPO/tools/wine/mtls_server.py" "$WORK/tls" "$WORK/port" 2>"$WORK/mtls_server.log" &
