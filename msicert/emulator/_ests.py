@@ -23,8 +23,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from . import _ca
-from ._http import ConnectionHook, Handler, HandshakeFailureHook, Reply, apply_fault, error_code
-from ._imds import parse_query
+from ._http import (
+    ConnectionHook,
+    Handler,
+    HandshakeFailureHook,
+    Reply,
+    apply_fault,
+    error_code,
+    parse_query,
+)
 from ._state import RecordedRequest, State
 from ._token import decode_token_payload, mint_token
 

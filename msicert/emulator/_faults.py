@@ -39,6 +39,14 @@ class Fault:
     ``no_server_header``, ``malformed_json``, ``missing_field:<name>``, ``wrong_key``,
     ``expired``, ``not_yet_valid``, ``invalid_client``, ``reject_handshake``,
     ``wrong_token_type`` or ``expires_in_string``.
+
+    ``reject_handshake`` (token or resource) acts on the next new TLS connection to ESTS: the
+    server reads the ClientHello and answers with a fatal ``handshake_failure`` alert, so the
+    client's handshake raises ``ssl.SSLError`` (``SSLV3_ALERT_HANDSHAKE_FAILURE``; urllib3
+    wraps it in ``urllib3.exceptions.SSLError``, and its default Retry counts it as an "other"
+    error and retries). Injecting it closes idle kept-alive ESTS connections, so a pooled
+    client needs a fresh handshake. It counts as one request of its endpoint, recorded with
+    method ``"TLS"``.
     """
 
     status: int | None = None

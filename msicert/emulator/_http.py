@@ -19,11 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ._faults import MISSING_FIELD, Fault
 from ._state import State
 
-__all__ = ["Handler", "Reply", "Server", "apply_fault", "error_code", "invalid_request"]
+__all__ = [
+    "Handler",
+    "Reply",
+    "Server",
+    "apply_fault",
+    "error_code",
+    "invalid_request",
+    "parse_query",
+]
 
 logger = logging.getLogger("msicert.emulator")
 
@@ -107,6 +116,19 @@ def _drain(connection: socket.socket) -> None:
             connection.settimeout(left)
             if not socket.socket.recv(connection, 65536):  # raw bytes, below the TLS layer
                 break
+
+
+def parse_query(raw: str) -> tuple[dict[str, str], list[str]]:
+    """Query parameters (last value wins) and the problems found while parsing them."""
+    problems: list[str] = []
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=bool(raw))
+    except ValueError as exc:
+        return {}, [f"query string is malformed: {exc}"]
+    names = [name for name, _ in pairs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"query parameter {name!r} appears more than once")
+    return dict(pairs), problems
 
 
 class Server(ThreadingHTTPServer):

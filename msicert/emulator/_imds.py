@@ -7,13 +7,13 @@ import binascii
 import json
 import re
 import time
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 
 from . import _control
 from ._csrcheck import check_csr
-from ._http import Handler, Reply, apply_fault, error_code, invalid_request
+from ._http import Handler, Reply, apply_fault, error_code, invalid_request, parse_query
 from ._state import SELECTORS, RecordedRequest, State
 
 __all__ = ["ATTESTATION_ENDPOINT", "IMDS_SERVER_HEADER", "ImdsHandler"]
@@ -27,19 +27,6 @@ _PATHS = {
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _BODY_FIELDS = frozenset({"csr", "attestation_token"})
-
-
-def parse_query(raw: str) -> tuple[dict[str, str], list[str]]:
-    """Query parameters (last value wins) and the problems found while parsing them."""
-    problems: list[str] = []
-    try:
-        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=bool(raw))
-    except ValueError as exc:
-        return {}, [f"query string is malformed: {exc}"]
-    names = [name for name, _ in pairs]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"query parameter {name!r} appears more than once")
-    return dict(pairs), problems
 
 
 class ImdsHandler(Handler):
