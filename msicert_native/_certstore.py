@@ -87,24 +87,35 @@ def find_certificates(
 ) -> list[CertRef]:
     """Certificates whose subject and/or issuer contain the given text (case-insensitive).
 
-    Uses CERT_FIND_SUBJECT_STR_W / CERT_FIND_ISSUER_STR_W, which match against the names'
-    RDN values. With both criteria, a certificate must match both. Neither: all certificates.
+    The subject goes through CERT_FIND_SUBJECT_STR_W (matched against the name's RDN
+    values). The issuer is matched here, against the issuer's RDN values, rather than with
+    CERT_FIND_ISSUER_STR_W, whose Wine implementation compares the subject instead: the same
+    answer everywhere, and the Wine tier tests what Windows runs. Neither: all certificates.
     """
-    if subject_substr is None and issuer_substr is None:
-        return enum_certificates(store)
-    if subject_substr is None or issuer_substr is None:
-        find_type = C.CERT_FIND_SUBJECT_STR_W if subject_substr else C.CERT_FIND_ISSUER_STR_W
-        return _collect(store, find_type, subject_substr or issuer_substr or "")
-    by_subject = _collect(store, C.CERT_FIND_SUBJECT_STR_W, subject_substr)
-    with_issuer = _collect(store, C.CERT_FIND_ISSUER_STR_W, issuer_substr)
-    wanted = {ref.der for ref in with_issuer}
-    for ref in with_issuer:
-        ref.close()
-    keep = [ref for ref in by_subject if ref.der in wanted]
-    for ref in by_subject:
-        if ref not in keep:
+    if subject_substr is None:
+        candidates = enum_certificates(store)
+    else:
+        candidates = _collect(store, C.CERT_FIND_SUBJECT_STR_W, subject_substr)
+    if issuer_substr is None:
+        return candidates
+    keep: list[CertRef] = []
+    for ref in candidates:
+        if issuer_substr.casefold() in _issuer_text(ref.der).casefold():
+            keep.append(ref)
+        else:
             ref.close()
     return keep
+
+
+def _issuer_text(der: bytes) -> str:
+    """The issuer's RDN values, last RDN first, joined by ", " (like CERT_SIMPLE_NAME_STR)."""
+    from cryptography import x509
+
+    try:
+        issuer = x509.load_der_x509_certificate(der).issuer
+    except ValueError:  # crypt32 accepted it, cryptography did not: it cannot match
+        return ""
+    return ", ".join(str(attribute.value) for attribute in reversed(list(issuer)))
 
 
 def add_certificate(

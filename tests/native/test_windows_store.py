@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from certs import leaf
-from native_testutil import needs_windows, skip_on_wine
+from native_testutil import needs_windows
 
 pytestmark = needs_windows
 
@@ -57,10 +57,6 @@ def test_add_find_properties_delete(user_store: Any, marker: str) -> None:
     assert native.find_certificates(user_store, subject_substr=client_id) == []
 
 
-@skip_on_wine(
-    "CertFindCertificateInStore(CERT_FIND_ISSUER_STR_W) matches the subject, not the "
-    "issuer (observed with Wine 8.0)"
-)
 def test_find_by_issuer(user_store: Any, marker: str) -> None:
     native = _native()
     client_id = str(uuid.uuid4())
