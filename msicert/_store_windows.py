@@ -1,7 +1,7 @@
 """Windows store: ``CurrentUser\\My`` (or ``LocalMachine\\My``) through msicert_native.
 
-Entries are found by issuer, then subject, and narrowed by a FriendlyName tag that names the
-identity and carries what the token leg needs (so a warm start makes no IMDS call):
+Entries are found by a FriendlyName tag that names the identity and decided by subject and
+issuer; the tag also carries what the token leg needs (so a warm start makes no IMDS call):
 ``MSAL|alias=<identity>|ep=<mtls endpoint>|cid=<client id>|tid=<tenant>|type=<type>|key=<kind>``.
 The private key stays in CNG, linked with CERT_KEY_PROV_INFO_PROP_ID; it is never exported.
 """
@@ -81,12 +81,17 @@ class WindowsStore:
             raise StoreError(f"cannot open {self.description}: {exc}") from exc
 
     def _entries(
-        self, store: CertStore, identity: Identity, issuer_cn: str
+        self, store: CertStore, identity: Identity
     ) -> list[tuple[CertRef, dict[str, str]]]:
+        """The identity's entries by tag (collected first: never delete while enumerating).
+
+        Subject and issuer then decide (``_entry``); an entry tagged for this identity with
+        another issuer is reported corrupt, not silently skipped.
+        """
         import msicert_native
 
         mine = []
-        for ref in msicert_native.find_certificates(store, issuer_substr=issuer_cn):
+        for ref in msicert_native.enum_certificates(store):
             tag = parse_tag(msicert_native.get_friendly_name(ref))
             if tag is not None and tag["alias"] == identity.alias:
                 mine.append((ref, tag))
@@ -132,7 +137,7 @@ class WindowsStore:
     def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
         """Newest NotAfter among the identity's entries; CorruptEntry if only bad ones exist."""
         with self._open() as store:
-            refs = self._entries(store, identity, issuer_cn)
+            refs = self._entries(store, identity)
             try:
                 good: list[BindingCertificate] = []
                 problem: CorruptEntry | None = None
@@ -202,7 +207,7 @@ class WindowsStore:
             except native.NativeError as exc:
                 raise StoreError(f"cannot add the certificate to {self.description}: {exc}") \
                     from exc
-            refs = self._entries(store, identity, issuer_cn)
+            refs = self._entries(store, identity)
             try:
                 for ref, _ in refs:
                     if x5t_s256(ref.der) != new_x5t:
@@ -221,40 +226,28 @@ class WindowsStore:
         """Delete the identity's entries (only the one holding ``x5t`` when given)."""
         removed = False
         with self._open() as store:
-            refs = self._entries_any_issuer(store, identity)
+            refs = self._entries(store, identity)
             try:
-                for ref in refs:  # collected first: never delete while enumerating
+                for ref, _ in refs:
                     if x5t is None or x5t_s256(ref.der) == x5t:
                         self._delete(store, ref)
                         removed = True
             finally:
-                for ref in refs:
+                for ref, _ in refs:
                     ref.close()
         return removed
-
-    def _entries_any_issuer(self, store: CertStore, identity: Identity) -> list[CertRef]:
-        import msicert_native
-
-        mine = []
-        for ref in msicert_native.enum_certificates(store):
-            tag = parse_tag(msicert_native.get_friendly_name(ref))
-            if tag is not None and tag["alias"] == identity.alias:
-                mine.append(ref)
-            else:
-                ref.close()
-        return mine
 
     def purge(self, identity: Identity) -> int:
         """Remove every entry of ``identity`` (and its keys); return how many went."""
         count = 0
         with self._open() as store:
-            refs = self._entries_any_issuer(store, identity)
+            refs = self._entries(store, identity)
             try:
-                for ref in refs:
+                for ref, _ in refs:
                     self._delete(store, ref)
                     count += 1
             finally:
-                for ref in refs:
+                for ref, _ in refs:
                     ref.close()
         return count
 

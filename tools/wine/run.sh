@@ -28,6 +28,8 @@ rm -rf "$WORK" && mkdir -p "$WORK/tests" "$ART"
 (cd "$REPO" && python3 cdefs/build_ffi.py >/dev/null) || { log "build_ffi failed"; exit 1; }
 cp -a "$REPO/msicert" "$REPO/msicert_native" "$REPO/cdefs" "$WORK/"
 cp -a "$REPO/tests/native" "$WORK/tests/native"
+cp -a "$REPO/tests/__init__.py" "$REPO/tests/certgen.py" "$REPO/tests/store_contract.py" \
+    "$WORK/tests/"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
 cat >"$WORK/pytest.ini" <<'INI'
 [pytest]
@@ -50,8 +52,16 @@ SERVER_PID=$!
 for _ in $(seq 50); do [[ -s "$WORK/port" ]] && break; sleep 0.1; done
 PORTS="$(cat "$WORK/port" 2>/dev/null || true)"
 [[ -n "$PORTS" ]] || log "mTLS server did not start (see $WORK/mtls_server.log): its tests will skip"
+# The msicert emulator (IMDS + ESTS) on the Linux side, for tests/native/test_windows_msicert.py.
+(cd "$REPO" && exec python3 -m msicert emulator --lifetime 3600) >"$WORK/emulator.out" \
+    2>"$WORK/emulator.log" &
+EMULATOR_PID=$!
+for _ in $(seq 100); do grep -q AZURE_POD_IDENTITY_AUTHORITY_HOST "$WORK/emulator.out" && break; sleep 0.1; done
+IMDS_URL="$(sed -n 's/^export AZURE_POD_IDENTITY_AUTHORITY_HOST=//p' "$WORK/emulator.out")"
+[[ -n "$IMDS_URL" ]] || log "emulator did not start (see $WORK/emulator.log): its tests will skip"
+export MSICERT_WINE_IMDS="$IMDS_URL"
 cleanup() {
-    kill "$SERVER_PID" 2>/dev/null
+    kill "$SERVER_PID" "$EMULATOR_PID" 2>/dev/null
     timeout 60 "$WINESERVER" -k >/dev/null 2>&1
 }
 trap cleanup EXIT

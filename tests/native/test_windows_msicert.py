@@ -1,0 +1,203 @@
+"""msicert itself on Windows: the store contract on CurrentUser\\My, cold then warm `msicert
+cert` against the emulator, WinHTTP mTLS to the emulator's ESTS.
+
+The Wine tier (tools/wine/run.sh) starts the emulator on the Linux side and passes its IMDS
+address in MSICERT_WINE_IMDS; the same tests run on windows-latest when that is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from native_testutil import REPO_ROOT, is_windows, needs_windows, skip_on_wine
+
+sys.path.insert(0, str(REPO_ROOT))  # for tests.store_contract / tests.certgen
+
+from tests.store_contract import UAMI, StoreContract
+
+pytestmark = needs_windows
+
+IMDS = os.environ.get("MSICERT_WINE_IMDS", "")
+needs_emulator = pytest.mark.skipif(
+    is_windows() and not IMDS,
+    reason="no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)",
+)
+IDENTITIES_USED = ("system", UAMI)
+
+
+def _identities() -> list[Any]:
+    from msicert import Identity
+
+    return [Identity(), UAMI, Identity.from_selectors(object_id=UAMI.value)]
+
+
+class _KeyedStore:
+    """WindowsStore whose puts get a real CNG key (the store links the certificate to it)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.description = store.description
+
+    def put(self, identity: Any, entry: Any, *, issuer_cn: str) -> Any:
+        import msicert_native as native
+
+        name = f"msicert-contract-{uuid.uuid4().hex[:12]}"
+        with native.open_provider() as provider:
+            native.create_rsa_key(provider, name, keyguard=False).close()
+        entry.key_name, entry.key_kind = name, "software-ksp"
+        return self._store.put(identity, entry, issuer_cn=issuer_cn)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class TestWindowsStoreContract(StoreContract):
+    """The same contract the file store meets, on CurrentUser\\My through msicert_native."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[Any]:
+        from msicert._store_windows import WindowsStore
+
+        ws = WindowsStore("current-user")
+        for identity in _identities():
+            ws.purge(identity)
+        yield _KeyedStore(ws)
+        for identity in _identities():
+            ws.purge(identity)
+
+
+def _stats() -> dict[str, int]:
+    with urllib.request.urlopen(f"{IMDS}/__emulator__/stats", timeout=10) as resp:
+        counts: dict[str, int] = json.loads(resp.read())["counts"]
+        return counts
+
+
+def _msicert(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update({"AZURE_POD_IDENTITY_AUTHORITY_HOST": IMDS, "MSICERT_IMDS_RETRY_SCALE": "0.01",
+                "PYTHONPATH": str(REPO_ROOT)})
+    env.update(extra or {})
+    return subprocess.run([sys.executable, "-m", "msicert", *args], capture_output=True,
+                          text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@needs_emulator
+def test_cold_then_warm_cert_from_current_user_my_with_zero_imds_calls() -> None:
+    assert _msicert("purge").returncode == 0
+    before = _stats()
+    cold = _msicert("cert", "--json")
+    assert cold.returncode == 0, cold.stderr
+    first = json.loads(cold.stdout)
+    assert first["source"] == "imds" and first["store"] == "CurrentUser\\My"
+    assert first["key"] in ("keyguard", "software-ksp")
+    after_cold = _stats()
+    assert after_cold["issuecredential"] == before["issuecredential"] + 1
+    warm = _msicert("cert", "--json")
+    assert warm.returncode == 0, warm.stderr
+    second = json.loads(warm.stdout)
+    assert second["source"] == "store" and second["x5t_s256"] == first["x5t_s256"]
+    assert second["mtls_endpoint"] == first["mtls_endpoint"]
+    after_warm = _stats()
+    assert after_warm["getplatformmetadata"] == after_cold["getplatformmetadata"]
+    assert after_warm["issuecredential"] == after_cold["issuecredential"]
+
+    import msicert_native as native
+
+    with native.open_system_store("current-user", "My") as store:
+        mine = [r for r in native.enum_certificates(store)
+                if (native.get_friendly_name(r) or "").startswith("MSAL|alias=system|")]
+        try:
+            assert len(mine) == 1
+            info = native.get_key_prov_info(mine[0])
+            assert info is not None and info.container.startswith("msicert-system-")
+            assert info.provider == native.MS_KEY_STORAGE_PROVIDER
+        finally:
+            for r in mine:
+                r.close()
+    assert _msicert("purge").stdout.startswith("removed 1 entry")
+
+
+@needs_emulator
+@skip_on_wine("SChannel cannot present a CNG key in the client handshake "
+              "(SEC_E_UNKNOWN_CREDENTIALS); real Windows can")
+def test_token_over_winhttp_with_the_store_certificate() -> None:
+    out = _msicert("token", "--resource", "https://vault.azure.net", "--json",
+                   extra={"MSICERT_EMULATOR_INSECURE_TLS": "1"})
+    assert out.returncode == 0, out.stderr
+    token = json.loads(out.stdout)
+    assert token["token_type"] == "mtls_pop"
+    payload = token["access_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["cnf"]["x5t#S256"] == token["x5t_s256"]
+    _msicert("purge")
+
+
+@needs_emulator
+def test_winhttp_mtls_to_the_emulator_ests_with_a_pfx_imported_capi_key() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from test_windows_winhttp import _import_pfx
+
+    import msicert_native as native
+    from msicert._csr import build_csr, csr_to_wire
+
+    def imds(path: str, body: bytes | None = None) -> dict[str, Any]:
+        req = urllib.request.Request(
+            f"{IMDS}/metadata/identity/{path}?cred-api-version=2.0", data=body,
+            headers={"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
+                     **({"Content-Type": "application/json"} if body else {})})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+
+    meta = imds("getplatformmetadata")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = build_csr(
+        spki_der=key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo),
+        sign=lambda tbs: key.sign(tbs, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+                                  hashes.SHA256()),
+        client_id=meta["clientId"], tenant_id=meta["tenantId"], cuid=meta["cuId"])
+    issued = imds("issuecredential", json.dumps({"csr": csr_to_wire(csr)}).encode())
+    der = base64.b64decode(issued["certificate"])
+    cert = x509.load_der_x509_certificate(der)
+    encryption = (serialization.PrivateFormat.PKCS12.encryption_builder()
+                  .kdf_rounds(2048)
+                  .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+                  .hmac_hash(hashes.SHA1()).build(b"msicert"))
+    pfx = pkcs12.serialize_key_and_certificates(b"emu", key, cert, None, encryption)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "emu.pfx"
+        path.write_bytes(pfx)
+        with _import_pfx(path, "msicert") as ref:
+            form = urllib.parse.urlencode({
+                "grant_type": "client_credentials", "client_id": issued["client_id"],
+                "scope": "https://vault.azure.net/.default", "token_type": "mtls_pop"}).encode()
+            resp = native.https_request(
+                "POST",
+                f"{issued['mtls_authentication_endpoint']}/{issued['tenant_id']}"
+                "/oauth2/v2.0/token",
+                headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form,
+                client_cert=ref, timeout_ms=30_000, verify_server=False)
+    assert resp.status == 200, resp.body[:300]
+    doc = json.loads(resp.body)
+    assert doc["token_type"] == "mtls_pop"
+    payload = doc["access_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    assert claims["cnf"]["x5t#S256"] == expected
