@@ -39,6 +39,9 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
             key=key.handle,
         )
     except native.AttestationFailed as exc:
+        status = exc.status
+        if status is not None and status >= 1 << 31:
+            status -= 1 << 32  # the DLL returns a signed int
         raise AttestationError(
-            f"AttestKeyGuardImportKey failed for {identity.alias}", status=exc.status
+            f"AttestKeyGuardImportKey failed for {identity.alias}", status=status
         ) from exc

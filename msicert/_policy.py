@@ -38,7 +38,7 @@ class State(enum.Enum):
     FRESH = "fresh"  # usable, renewal not yet due
     RENEW = "renew"  # usable, past renew_after
     EXPIRED = "expired"  # now >= NotAfter - skew
-    NOT_YET_VALID = "not_yet_valid"  # now < NotBefore
+    NOT_YET_VALID = "not_yet_valid"  # now < NotBefore - skew
 
 
 def renew_fraction(thumbprint: bytes) -> float:
@@ -57,10 +57,15 @@ def skew(not_before: float, not_after: float) -> float:
 
 
 def state(not_before: float, not_after: float, renew_at: float, now: float) -> State:
-    """Classify a certificate with validity [not_before, not_after] and ``renew_at``."""
-    if now < not_before:
+    """Classify a certificate with validity [not_before, not_after] and ``renew_at``.
+
+    The same skew that retires a certificate early admits it early: a clock that lags IMDS's
+    by a few seconds must not reject (and re-mint in a loop) a certificate just issued.
+    """
+    margin = skew(not_before, not_after)
+    if now < not_before - margin:
         return State.NOT_YET_VALID
-    if now >= not_after - skew(not_before, not_after):
+    if now >= not_after - margin:
         return State.EXPIRED
     if now >= renew_at:
         return State.RENEW

@@ -56,9 +56,10 @@ NA = NB + WEEK
 @pytest.mark.parametrize(
     "now,expected",
     [
-        (NB - 1, State.NOT_YET_VALID),
+        (NB - 300 - 1, State.NOT_YET_VALID),
+        (NB - 300, State.FRESH),  # skew (5 min) admits a lagging clock
+        (NB - 300 + 1, State.FRESH),
         (NB, State.FRESH),
-        (NB + 1, State.FRESH),
         (RA - 1, State.FRESH),
         (RA, State.RENEW),
         (RA + 1, State.RENEW),
@@ -77,8 +78,9 @@ def test_state_table_seven_day_certificate(now, expected):
 @pytest.mark.parametrize(
     "now,expected",
     [
-        (NB - 1, State.NOT_YET_VALID),
-        (NB, State.FRESH),
+        (NB - 10 - 1, State.NOT_YET_VALID),
+        (NB - 10, State.FRESH),
+        (NB - 10 + 1, State.FRESH),
         (NB + 474, State.FRESH),
         (NB + 475, State.RENEW),
         (NB + 990 - 1, State.RENEW),   # skew = 1 % of 1000 s = 10 s

@@ -100,9 +100,29 @@ def test_one_second_before_expiry_margin_the_certificate_is_still_served(make_cl
 
 def test_not_yet_valid_certificate_is_not_served_from_the_store(make_client, emu, clock):
     first = make_client(clock=clock).get_certificate()
-    clock.offset = first.not_before_ts - time.time() - 1  # clock jumped back before NotBefore
+    # clock jumped back to 1 s before NotBefore - skew (lifetime 3600 s: skew 36 s)
+    clock.offset = first.not_before_ts - 36 - time.time() - 1
     emu.reset()
     emu.backdate = 3600.0  # so the replacement is valid at the jumped-back clock
     again = make_client(clock=clock).get_certificate()
     assert again.source == "imds" and again.x5t_s256 != first.x5t_s256
+    assert emu.count("issuecredential") == 1
+
+
+def test_fresh_certificate_slightly_ahead_of_a_lagging_clock_is_used_not_reminted(make_client,
+                                                                                   emu):
+    emu.backdate = -5.0  # NotBefore 5 s in our future; skew for 3600 s is 36 s
+    c = make_client()
+    first = c.get_certificate()
+    assert first.source == "imds"
+    for _ in range(3):
+        assert c.get_certificate().x5t_s256 == first.x5t_s256
+    assert make_client().get_certificate().source == "store"
+    assert emu.count("issuecredential") == 1
+
+
+def test_certificate_far_ahead_of_the_clock_is_a_clear_error(make_client, emu, store_dir):
+    emu.backdate = -100.0
+    with pytest.raises(ImdsError, match="not yet valid"):
+        make_client().get_certificate()
     assert emu.count("issuecredential") == 1

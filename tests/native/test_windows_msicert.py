@@ -201,3 +201,133 @@ def test_winhttp_mtls_to_the_emulator_ests_with_a_pfx_imported_capi_key() -> Non
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
     assert claims["cnf"]["x5t#S256"] == expected
+
+
+# --- KeyGuard boundary: real VBS hardware cannot run here (nor under Wine) -----------------
+
+FAKE_DLL = os.environ.get("MSICERT_WINE_FAKE_ATTESTATION_DLL", "")
+
+
+@pytest.fixture
+def win_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A client on CurrentUser\\My against the emulator, system identity purged before/after."""
+    if not IMDS:
+        pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
+    from msicert import ManagedIdentityClient
+    from msicert._imds import RetryPolicy
+
+    monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
+    client = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
+    client.purge()
+    yield client
+    client.purge()
+
+
+@pytest.fixture
+def fake_keyguard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend keys are VBS-isolated (the one fact only KeyGuard hardware can give)."""
+    import msicert_native
+
+    monkeypatch.setattr(msicert_native, "is_virtual_iso", lambda key: True)
+
+
+@pytest.fixture
+def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Records the attestation_token handed to the real issuecredential call."""
+    from msicert._imds import ImdsClient
+
+    seen: list[str | None] = []
+    real = ImdsClient.issue_credential
+
+    def spy(self: Any, identity: Any, csr: str, token: str | None = None) -> Any:
+        seen.append(token)
+        return real(self, identity, csr, token)
+
+    monkeypatch.setattr(ImdsClient, "issue_credential", spy)
+    return seen
+
+
+@pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
+def test_fake_keyguard_key_is_attested_with_the_dll_and_token_sent(
+        win_client: Any, fake_keyguard: None, sent_attestation: list[str | None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSICERT_ATTESTATION_DLL", FAKE_DLL)
+    cert = win_client.get_certificate()
+    assert cert.key == "keyguard" and cert.source == "imds"
+    (token,) = sent_attestation
+    assert token is not None and token.startswith(f"fake-jwt.{cert.client_id}.")
+
+
+@pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
+def test_fake_keyguard_key_with_failing_dll_raises_attestation_error_with_status(
+        win_client: Any, fake_keyguard: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from msicert import AttestationError
+    from msicert._imds import ImdsClient
+
+    monkeypatch.setenv("MSICERT_ATTESTATION_DLL", FAKE_DLL)
+    real = ImdsClient.get_platform_metadata
+    monkeypatch.setattr(  # the stand-in DLL fails for this endpoint with status -5
+        ImdsClient, "get_platform_metadata",
+        lambda self, identity: dataclasses.replace(
+            real(self, identity), attestation_endpoint="https://fail.invalid"))
+    with pytest.raises(AttestationError, match="status=-5"):
+        win_client.get_certificate()
+    assert win_client.status() is None  # nothing stored
+
+
+def test_fake_keyguard_key_without_dll_uses_the_non_attested_flow_and_says_so(
+        win_client: Any, fake_keyguard: None, sent_attestation: list[str | None],
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    monkeypatch.setenv("MSICERT_ATTESTATION_DLL", "C:\\nowhere\\AttestationClientLib.dll")
+    with caplog.at_level(logging.INFO, logger="msicert"):
+        cert = win_client.get_certificate()
+    assert cert.key == "keyguard" and sent_attestation == [None]
+    assert any("non-attested flow" in r.getMessage() and "nowhere" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_software_ksp_fallback_is_reported_when_vbs_is_absent(win_client: Any) -> None:
+    import msicert_native
+
+    cert = win_client.get_certificate()
+    if msicert_native.is_virtual_iso.__module__ and cert.key == "keyguard":
+        pytest.skip("this machine has VBS KeyGuard: the fallback is not taken")
+    assert cert.key == "software-ksp"
+
+
+def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
+        win_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-boot key dies at reboot and fails its test signature (faked: Wine cannot reboot,
+    and its NCryptOpenKey is a stub)."""
+    import msicert_native as native
+    from msicert import ManagedIdentityClient, _store_windows
+    from msicert._imds import RetryPolicy
+
+    old = win_client.get_certificate()
+    before = _stats()["issuecredential"]
+    probes: list[str] = []
+
+    def dead_after_reboot(name: str, machine: bool = False) -> bool:
+        probes.append(name)
+        return False
+
+    monkeypatch.setattr(_store_windows, "_probed", {})  # a new process after the reboot
+    monkeypatch.setattr(_store_windows, "key_is_alive", dead_after_reboot)
+    fresh = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
+    new = fresh.get_certificate()
+    assert new.source == "imds" and new.x5t_s256 != old.x5t_s256
+    assert len(probes) == 1  # one test signature, for the old certificate's key
+    assert _stats()["issuecredential"] == before + 1
+    assert fresh.get_certificate().x5t_s256 == new.x5t_s256
+    with native.open_system_store("current-user", "My") as store:
+        left = _store_windows.WindowsStore("current-user")._entries(store, fresh.identity)
+        try:
+            assert [hashlib.sha256(r.der).digest() for r, _ in left] == [
+                hashlib.sha256(new.der).digest()]
+        finally:
+            for r, _ in left:
+                r.close()
