@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from functools import lru_cache
+from functools import cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +15,7 @@ CLIENT = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
 
-@lru_cache(maxsize=None)
+@cache
 def rsa_key(n: int = 0) -> rsa.RSAPrivateKey:
     """Deterministically-cached keys: key generation is slow, tests need a few distinct ones."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -24,7 +24,9 @@ class Entry:
     identity_type: str = "SystemAssigned"
 
 
-def entry(*, cn: str = CLIENT, key_no: int = 0, lifetime: float = 3600.0, age: float = 60.0) -> Entry:
+def entry(
+    *, cn: str = CLIENT, key_no: int = 0, lifetime: float = 3600.0, age: float = 60.0
+) -> Entry:
     now = time.time()
     key = rsa_key(key_no)
     cert = make_cert(key=key, cn=cn, not_before=now - age, not_after=now - age + lifetime)

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from msicert import Identity
 from msicert._store import CorruptEntry
 from msicert._store_file import FileStore
 from msicert.emulator import Fault
-from msicert import Identity
 from tests.conftest import ROOT, cli_env
 
 ISSUER = "managedidentitysnissuer.login.microsoft.com"

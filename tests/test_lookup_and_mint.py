@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -116,7 +117,7 @@ def test_csr_meets_the_contract_for_the_emulator_and_openssl(make_client, emu, t
     assert req.headers.get("Content-Type", req.headers.get("content-type")) == "application/json"
     body = json.loads(req.body)
     assert set(body) == {"csr"}  # no attestation on Linux: the field is omitted
-    assert "\n" not in body["csr"] and body["csr"].endswith(("=", "")) 
+    assert "\n" not in body["csr"] and body["csr"].endswith(("=", ""))
     der = base64.b64decode(body["csr"], validate=True)
     path = tmp_path / "req.der"
     path.write_bytes(der)
@@ -154,7 +155,7 @@ def test_corrupt_entry_is_removed_and_reminted_exactly_once(make_client, emu, st
 
     store = FileStore(store_dir)
     make_client().get_certificate()
-    data = open(store.path_for(make_client().identity), "rb").read()
+    data = Path(store.path_for(make_client().identity)).read_bytes()
     _write_entry(store, CORRUPTIONS[reason](data))
     _store_file._verified.clear()
     emu.reset()

@@ -24,7 +24,8 @@ WEEK = 7 * DAY
 
 
 def test_renew_fraction_stays_in_045_050_and_is_deterministic():
-    fs = [renew_fraction(hashlib.sha256(bytes([i, j])).digest()) for i in range(64) for j in range(16)]
+    fs = [renew_fraction(hashlib.sha256(bytes([i, j])).digest())
+          for i in range(64) for j in range(16)]
     assert min(fs) >= 0.45 and max(fs) <= 0.50
     assert max(fs) - min(fs) > 0.04  # spread over the whole band, not lock-step
     tp = hashlib.sha256(b"x").digest()
@@ -128,5 +129,6 @@ def test_wrong_client_id_or_subject_is_a_mismatch(good_times):
     uami = Identity.from_selectors(client_id="99999999-2222-3333-4444-555555555555")
     assert "another client id" in identity_mismatch(cert, uami)
     assert "GUID" in identity_mismatch(make_cert(cn="not-a-guid", **good_times), Identity())
-    assert "tenant" in identity_mismatch(cert, Identity(), tenant_id="ffffffff-0000-0000-0000-000000000000")
+    other_tenant = "ffffffff-0000-0000-0000-000000000000"
+    assert "tenant" in identity_mismatch(cert, Identity(), tenant_id=other_tenant)
     assert identity_mismatch(cert, Identity(), tenant_id=TENANT.upper()) is None

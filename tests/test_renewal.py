@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_past_renew_after_a_new_certificate_replaces_the_old_one(make_client, em
     store = FileStore(store_dir)
     stored = store.find(c.identity, issuer_cn=c.issuer_cn)
     assert stored.x5t_s256 == new.x5t_s256
-    assert old.cert_pem not in open(store.path_for(c.identity), "rb").read()  # old one gone
+    assert old.cert_pem not in Path(store.path_for(c.identity)).read_bytes()  # old one gone
     assert c.get_certificate().source == "memory"
 
 

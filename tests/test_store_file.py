@@ -6,11 +6,11 @@ import logging
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from msicert import Identity, StoreError
-from msicert import _store_file
+from msicert import Identity, StoreError, _store_file
 from msicert._store import CorruptEntry
 from msicert._store_file import FileStore, default_directory
 from tests.certgen import ISSUER_CN, key_pem, rsa_key
@@ -56,7 +56,7 @@ def test_one_file_holds_metadata_key_and_certificate_readable_by_openssl(store):
     e = entry()
     store.put(Identity(), e, issuer_cn=ISSUER_CN)
     path = store.path_for(Identity())
-    text = open(path, "rb").read()
+    text = Path(path).read_bytes()
     assert text.startswith(b"msicert-entry: 1\nidentity: system\n")
     assert b"mtls_endpoint: https://127.0.0.1:1\n" in text
     assert text.count(b"-----BEGIN PRIVATE KEY-----") == 1
@@ -161,8 +161,9 @@ CORRUPTIONS = {
                                                       b"-----END PRIVATE KEY-----"),
     "no certificate": lambda d: _cut(d, b"-----BEGIN CERTIFICATE-----",
                                      b"-----END CERTIFICATE-----"),
-    "does not match": lambda d: _cut(d, b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----")
-    .replace(b"-----BEGIN CERTIFICATE-----", key_pem(rsa_key(5)) + b"-----BEGIN CERTIFICATE-----"),
+    "does not match": lambda d: _cut(
+        d, b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
+    ).replace(b"-----BEGIN CERTIFICATE-----", key_pem(rsa_key(5)) + b"-----BEGIN CERTIFICATE-----"),
     "missing header": lambda d: d[d.index(b"-----BEGIN"):],
     "another identity": lambda d: d.replace(b"identity: system", b"identity: object_id=x"),
     "larger than": lambda d: d + b"#" * (70 * 1024),
