@@ -109,6 +109,13 @@ def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
         raise ImdsResponseError(
             f"IMDS {step} answer lacks a non-empty {name!r}", step=step, correlation_id=cid
         )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may spell a lone surrogate ("\ud800"); nothing stores it
+        raise ImdsResponseError(
+            f"IMDS {step} answer has a {name!r} that is not valid Unicode",
+            step=step, correlation_id=cid,
+        ) from None
     return value.strip()
 
 

@@ -257,7 +257,10 @@ class FileStore:
         except ValueError as exc:
             raise StoreError("refusing to store an unparsable certificate") from exc
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
-        data = header.encode("utf-8") + entry.key_pem + cert_pem
+        try:
+            data = header.encode("utf-8") + entry.key_pem + cert_pem
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800"
+            raise StoreError("refusing to store metadata that is not valid Unicode") from exc
         path = self.path_for(identity)
         stored = self.parse(data, identity, issuer_cn=issuer_cn, location=path)  # check first
         self._sweep(path)
