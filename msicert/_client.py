@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -37,7 +37,7 @@ ENV_ISSUER = "MSICERT_ISSUER"
 @dataclass(frozen=True)
 class _Minted:
     der: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)  # never in a repr: tracebacks with locals print reprs
     client_id: str
     tenant_id: str
     mtls_endpoint: str
@@ -56,6 +56,9 @@ class ManagedIdentityClient:
     (default: the environment, then ``http://169.254.169.254``); ``issuer`` the expected
     issuer CN (default: ``$MSICERT_ISSUER``, then
     ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
+    ``connect_timeout``/``read_timeout`` bound each IMDS request; ``deadline`` (seconds, default
+    none) bounds all the IMDS work of one call, retries included: a caller that holds a valid
+    certificate gets it back within it even when IMDS hangs.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class ManagedIdentityClient:
         read_timeout: float = 10.0,
         lock_timeout: float = 120.0,
         renewal_backoff: float = 30.0,
+        deadline: float | None = None,
     ) -> None:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
@@ -88,6 +92,7 @@ class ManagedIdentityClient:
         self._clock = clock
         self._lock_timeout = lock_timeout
         self._renewal_backoff = renewal_backoff
+        self._deadline = deadline
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
         self._renew_not_before = 0.0
@@ -184,7 +189,7 @@ class ManagedIdentityClient:
                 if st is State.EXPIRED:
                     log.info("removing expired certificate %s", entry.x5t_s256)
                     self._store.remove(self.identity, entry.x5t_s256)
-            return self._mint_locked(now)
+            return self._mint_locked()
 
     def _renew(self, cur: BindingCertificate, serve: BindingCertificate) -> BindingCertificate:
         """Past renew_after but usable: renew now unless someone else is; never fail the caller."""
@@ -207,10 +212,13 @@ class ManagedIdentityClient:
             try:
                 log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
                          self.identity.alias, cur.renew_after.isoformat())
-                return self._mint_locked(now)
+                return self._mint_locked()
             except MsiCertError as exc:
-                self._renew_not_before = now + min(
-                    self._renewal_backoff, max(0.0, (cur.not_after_ts - now) / 8)
+                later = self._clock()
+                if cur.state(later) not in (State.FRESH, State.RENEW):
+                    raise  # it expired while the renewal was failing: nothing usable is left
+                self._renew_not_before = later + min(
+                    self._renewal_backoff, max(0.0, (cur.not_after_ts - later) / 8)
                 )
                 log.warning(
                     "renewal of certificate %s failed; keeping it (valid until %s): %s",
@@ -227,13 +235,14 @@ class ManagedIdentityClient:
             )
         return self._imds_client
 
-    def _mint_locked(self, now: float) -> BindingCertificate:
+    def _mint_locked(self) -> BindingCertificate:
         """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
         imds = self._imds()
-        meta = imds.get_platform_metadata(self.identity)
+        until = None if self._deadline is None else time.monotonic() + self._deadline
+        meta = imds.get_platform_metadata(self.identity, deadline=until)
         key = self._store.generate_key(self.identity)
         try:
-            minted, probe = self._issue(imds, meta, key, now)
+            minted, probe = self._issue(imds, meta, key, until)
             stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
         except BaseException:
             key.discard()
@@ -241,6 +250,7 @@ class ManagedIdentityClient:
         key.close()
         result = stored.with_source("imds")
         self._remember(result)
+        now = self._clock()
         if probe.state(now) is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.
             self._renew_not_before = now + min(
@@ -286,7 +296,7 @@ class ManagedIdentityClient:
         )
 
     def _issue(
-        self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, now: float
+        self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, until: float | None
     ) -> tuple[_Minted, BindingCertificate]:
         """CSR over ``key``, issuecredential, and every check on what came back."""
         csr = build_csr(
@@ -294,7 +304,7 @@ class ManagedIdentityClient:
             tenant_id=meta.tenant_id, cuid=meta.cuid,
         )
         token = attestation_token(key, meta, self.identity)
-        issued = imds.issue_credential(self.identity, csr_to_wire(csr), token)
+        issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
         step = "issuecredential"
         try:
             cert = x509.load_der_x509_certificate(issued.certificate_der)
@@ -316,7 +326,7 @@ class ManagedIdentityClient:
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
             identity_type=issued.identity_type, source="imds", key=key.kind, store="",
         )
-        st = probe.state(now)
+        st = probe.state(self._clock())  # judged when it arrives, not when the mint began
         if st in (State.EXPIRED, State.NOT_YET_VALID):
             raise ImdsResponseError(
                 f"issued certificate is {st.value.replace('_', ' ')} "

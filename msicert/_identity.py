@@ -46,6 +46,10 @@ class Identity:
             return cls()
         kind, value = given[0]
         value = value.strip()
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{kind} is not valid text (undecodable bytes?)") from None
         if kind in ("client_id", "object_id"):
             if not _GUID.match(value):
                 raise ValueError(f"{kind} must be a GUID, got {value!r}")

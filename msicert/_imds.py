@@ -257,12 +257,13 @@ class ImdsClient:
 
     def _call(
         self, step: str, method: str, url: str, body: bytes | None,
-        redact: tuple[str, ...] = (),
+        redact: tuple[str, ...] = (), deadline: float | None = None,
     ) -> tuple[int, dict[str, str], bytes, str]:
         """One IMDS call with the retry policy; returns (status, headers, body, correlation).
 
         Only a 200 returns; its body is at most ``_MAX_BODY + 1`` bytes (the parsers refuse
-        the extra byte)."""
+        the extra byte). ``deadline`` (``time.monotonic()`` value) bounds the whole call:
+        timeouts shrink to the time left and no retry starts that could not finish in it."""
         import urllib3
 
         cid = str(uuid.uuid4())
@@ -272,8 +273,17 @@ class ImdsClient:
         timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout)
         policy = self.retry
         normal_left, gone_left = len(policy.delays), policy.gone_retries
+        status: int | None = None
+        data = b""
         while True:
-            status: int | None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ImdsError(f"IMDS {step} did not succeed within the deadline",
+                                    step=step, status=status,
+                                    body_excerpt=_excerpt(data, redact), correlation_id=cid)
+                timeout = urllib3.Timeout(connect=min(self.connect_timeout, left),
+                                          read=min(self.read_timeout, left))
             try:
                 resp = self._http().request(
                     method, url, body=body, headers=headers, timeout=timeout,
@@ -309,19 +319,28 @@ class ImdsClient:
                           correlation_id=cid)
             retry_after = _retry_after(resp_headers.get("retry-after"), policy.max_retry_after)
             wait = max(wait, retry_after) * policy.scale
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                raise ImdsError(
+                    f"IMDS {step} failed and the deadline leaves no time to retry", step=step,
+                    status=status, body_excerpt=_excerpt(data, redact), correlation_id=cid)
             log.debug(
                 "IMDS %s answered %s (correlation_id=%s); retrying in %.3f s",
                 step, status if status is not None else transport_error, cid, wait,
             )
             self._sleep(wait)
 
-    def get_platform_metadata(self, identity: Identity) -> PlatformMetadata:
+    def get_platform_metadata(
+        self, identity: Identity, *, deadline: float | None = None
+    ) -> PlatformMetadata:
         """GET getplatformmetadata, check the Server header and every required field."""
         step = "getplatformmetadata"
-        return parse_platform_metadata(*self._call(step, "GET", self._url(step, identity), None))
+        return parse_platform_metadata(
+            *self._call(step, "GET", self._url(step, identity), None, deadline=deadline)
+        )
 
     def issue_credential(
-        self, identity: Identity, csr_b64: str, attestation_token: str | None = None
+        self, identity: Identity, csr_b64: str, attestation_token: str | None = None,
+        *, deadline: float | None = None,
     ) -> IssuedCredential:
         """POST issuecredential with the CSR; return the validated answer."""
         step = "issuecredential"
@@ -332,7 +351,7 @@ class ImdsClient:
             redact = (attestation_token,)
         body = json.dumps(payload, separators=(",", ":")).encode("ascii")
         status, headers, data, cid = self._call(
-            step, "POST", self._url(step, identity), body, redact
+            step, "POST", self._url(step, identity), body, redact, deadline=deadline
         )
         return parse_issued_credential(status, headers, data, cid, redact=redact)
 

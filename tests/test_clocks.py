@@ -177,13 +177,9 @@ def test_a_certificate_already_past_renew_after_is_used_and_not_looped_on(make_c
     assert emu.count("issuecredential") == 2
 
 
-# --- known holes (library bugs in _client.py; strict xfails flip when fixed) ------------------
+# --- former holes, fixed in _client.py (renewal re-check, judging on arrival) ---------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_client._renew returns the old certificate after a failed renewal without re-checking it "
-    "at the current time: a renewal that fails slowly near NotAfter hands out an expired "
-    "certificate (seen in the fault storm with 3 s certificates)"))
 def test_a_slow_failed_renewal_never_returns_a_certificate_that_expired_meanwhile(
         make_client, emu, clock):
     emu.lifetime = 1000.0  # skew 10 s
@@ -198,10 +194,6 @@ def test_a_slow_failed_renewal_never_returns_a_certificate_that_expired_meanwhil
     assert usable(got, clock()), f"returned a certificate that is {got.state(clock()).value}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_client._mint_locked judges the issued certificate at the instant read before the IMDS "
-    "round trips: a certificate whose NotBefore is the moment of issue is rejected as 'not "
-    "yet valid' when the mint took longer than the skew (1 % of a short lifetime)"))
 def test_a_certificate_issued_during_a_slow_mint_is_judged_when_it_arrives(make_client, emu):
     emu.lifetime, emu.backdate = 10.0, 0.0  # skew 0.1 s; NotBefore = second of issue
     emu.inject("issuecredential", Fault(delay=1.3))
@@ -294,10 +286,6 @@ def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_clie
     # step, ~94 s if getplatformmetadata answers and issuecredential hangs: see below.
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "no overall deadline: ManagedIdentityClient has no 'deadline' option, so a caller that "
-    "holds a valid certificate past renew_after waits out every IMDS timeout and retry "
-    "(~47 s per step with the defaults) before it is served"))
 def test_with_a_deadline_a_renewing_caller_is_served_within_it(make_client, emu, clock):
     emu.lifetime = 1000.0
     c = make_client(clock=clock, read_timeout=2.0, deadline=0.5)
@@ -309,9 +297,6 @@ def test_with_a_deadline_a_renewing_caller_is_served_within_it(make_client, emu,
     assert time.monotonic() - t0 < 0.5 + 0.5
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "no overall deadline: ManagedIdentityClient has no 'deadline' option; without a usable "
-    "certificate a hung IMDS holds the caller for the whole retry budget"))
 def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it(make_client,
                                                                                 emu):
     c = make_client(read_timeout=2.0, deadline=0.5)

@@ -603,10 +603,6 @@ def test_two_identities_share_a_file_only_when_they_are_the_same_identity(a, b):
     assert (a.file_tag == b.file_tag) == same
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "msicert/_identity.py: Identity.from_selectors accepts a resource_id holding a lone "
-    "surrogate (what Python makes of a non-UTF-8 byte in argv), then file_tag raises "
-    "UnicodeEncodeError from the first store access instead of ValueError up front"))
 def test_a_resource_id_that_is_not_valid_unicode_is_refused_up_front():
     with pytest.raises(ValueError):
         Identity.from_selectors(resource_id="/subscriptions/s/providers/x\udcff")

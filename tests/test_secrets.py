@@ -207,10 +207,6 @@ def test_token_and_certificate_values_do_not_show_secrets_in_repr(make_client, e
     assert "PRIVATE KEY" not in repr(cert) and "PRIVATE KEY" not in str(vars(cert))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_client._Minted is a dataclass whose key_pem field is in its repr: a traceback printer "
-    "that shows locals (traceback capture_locals, pytest --showlocals, crash reporters) "
-    "writes the private key; key_pem wants field(repr=False)"))
 def test_the_mint_record_does_not_show_the_private_key_in_its_repr():
     minted = _Minted(**{f.name: "" for f in dataclasses.fields(_Minted)
                         if f.name != "key_pem"},

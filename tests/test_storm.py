@@ -118,9 +118,9 @@ def test_fault_storm_sequential_calls_and_concurrent_processes(emu, store_dir):
     attempts = Counter()
     real_mint = client._mint_locked
 
-    def counting_mint(now):
+    def counting_mint():
         attempts["mint"] += 1
-        return real_mint(now)
+        return real_mint()
 
     client._mint_locked = counting_mint  # type: ignore[method-assign]
 
@@ -222,6 +222,4 @@ def test_fault_storm_sequential_calls_and_concurrent_processes(emu, store_dir):
         assert client.get_certificate().x5t_s256 == fresh.x5t_s256
     assert emu.count("getplatformmetadata") + emu.count("issuecredential") == before
 
-    if bad:  # everything else held; this one is a library bug (see test_clocks.py)
-        pytest.xfail(f"{len(bad)} certificate(s) returned already expired after a slow failed "
-                     f"renewal (_client._renew serves the old one without re-checking): {bad}")
+    assert not bad, f"{len(bad)} unusable certificate(s) returned: {bad}"
