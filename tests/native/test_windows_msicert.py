@@ -239,9 +239,9 @@ def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     seen: list[str | None] = []
     real = ImdsClient.issue_credential
 
-    def spy(self: Any, identity: Any, csr: str, token: str | None = None) -> Any:
+    def spy(self: Any, identity: Any, csr: str, token: str | None = None, **kw: Any) -> Any:
         seen.append(token)
-        return real(self, identity, csr, token)
+        return real(self, identity, csr, token, **kw)
 
     monkeypatch.setattr(ImdsClient, "issue_credential", spy)
     return seen
@@ -270,8 +270,8 @@ def test_fake_keyguard_key_with_failing_dll_raises_attestation_error_with_status
     real = ImdsClient.get_platform_metadata
     monkeypatch.setattr(  # the stand-in DLL fails for this endpoint with status -5
         ImdsClient, "get_platform_metadata",
-        lambda self, identity: dataclasses.replace(
-            real(self, identity), attestation_endpoint="https://fail.invalid"))
+        lambda self, identity, **kw: dataclasses.replace(
+            real(self, identity, **kw), attestation_endpoint="https://fail.invalid"))
     with pytest.raises(AttestationError, match="status=-5"):
         win_client.get_certificate()
     assert win_client.status() is None  # nothing stored
