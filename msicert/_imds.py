@@ -290,9 +290,13 @@ class ImdsClient:
                     redirect=False, preload_content=False,
                 )
                 try:
-                    data = resp.read(_MAX_BODY + 1, decode_content=True)
+                    body_read = _read_capped(resp, deadline)
                 finally:
                     resp.release_conn()
+                if body_read is None:  # the answer trickled in slower than the deadline allows
+                    raise ImdsError(f"IMDS {step} answer still arriving at the deadline",
+                                    step=step, status=resp.status, correlation_id=cid)
+                data = body_read
                 status, resp_headers = resp.status, {k.lower(): v for k, v in resp.headers.items()}
                 transport_error: str | None = None
             except urllib3.exceptions.HTTPError as exc:
@@ -371,6 +375,29 @@ def _json_object(
             f"IMDS {step} answer is not a JSON object", step=step, status=200, correlation_id=cid
         )
     return doc
+
+
+def _read_capped(resp: urllib3.BaseHTTPResponse, deadline: float | None) -> bytes | None:
+    """Up to ``_MAX_BODY + 1`` bytes of the body; None when ``deadline`` passes first.
+
+    The read timeout bounds each wait for bytes, not the whole body: a server that trickles a
+    byte at a time would hold one ``read(n)`` far past any deadline, so with a deadline the
+    body is read one network read at a time and the clock checked in between.
+    """
+    if deadline is None:
+        return resp.read(_MAX_BODY + 1, decode_content=True)
+    parts: list[bytes] = []
+    size = 0
+    while size <= _MAX_BODY:
+        if time.monotonic() >= deadline:
+            resp.close()  # the rest is never read: the connection must not be reused
+            return None
+        chunk = resp.read1(_MAX_BODY + 1 - size, decode_content=True)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _retry_after(value: str | None, cap: float) -> float:

@@ -305,3 +305,84 @@ def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it
     with pytest.raises(ImdsError):
         c.get_certificate()
     assert time.monotonic() - t0 < 0.5 + 0.5
+
+
+class Trickler:
+    """Loopback HTTP server that answers with a status line and then one byte (or one header
+    line) every 0.1 s, for ever: each wait is far below any read timeout."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.stop = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nServer: IMDS/1\r\n"
+                conn.sendall(head + (b"Content-Length: 100000\r\n\r\n"
+                                     if self.what == "body" else b""))
+                while not self.stop.wait(0.1):
+                    conn.sendall(b"x" if self.what == "body" else b"X-Slow: 1\r\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def _call_with_deadline(url: str, deadline: float) -> tuple[float, BaseException | None]:
+    imds = ImdsClient(url, read_timeout=2.0, retry=RetryPolicy(scale=0.001))
+    out: list = []
+
+    def run() -> None:
+        t0 = time.monotonic()
+        try:
+            imds.get_platform_metadata(Identity(), deadline=time.monotonic() + deadline)
+            out.append((time.monotonic() - t0, None))
+        except Exception as exc:
+            out.append((time.monotonic() - t0, exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(deadline + 2)
+    assert out, f"the call was still running {deadline + 2} s into a {deadline} s deadline"
+    return out[0]
+
+
+def test_the_deadline_holds_against_an_imds_that_trickles_its_body():
+    server = Trickler("body")
+    try:
+        elapsed, error = _call_with_deadline(server.url, 0.5)
+    finally:
+        server.close()
+    assert isinstance(error, ImdsError) and "deadline" in str(error)
+    assert elapsed < 0.5 + 0.5
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_imds: the deadline cannot interrupt urllib3 while it reads the status line and headers "
+    "(the read timeout bounds each recv, not the whole head), so an IMDS that trickles header "
+    "lines holds the caller past any deadline; needs a watchdog that shuts the socket down"))
+def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
+    server = Trickler("headers")
+    try:
+        elapsed, error = _call_with_deadline(server.url, 0.5)
+    finally:
+        server.close()
+    assert isinstance(error, ImdsError) and elapsed < 0.5 + 0.5
+
