@@ -23,6 +23,7 @@ from msicert._tokens import TokenManager
 from msicert.emulator import Fault
 
 RESOURCE = "https://vault.azure.net"
+SLACK = 1.5  # s added to every measured upper bound: generous, speed targets live in benchmarks
 
 
 class Clock:
@@ -213,7 +214,7 @@ def test_imds_read_timeout_is_configurable_and_bounds_every_attempt(emu, read_ti
         imds.get_platform_metadata(Identity())
     elapsed = time.monotonic() - t0
     assert info.value.status is None and emu.count("getplatformmetadata") == 4
-    assert 4 * read_timeout <= elapsed < 4 * read_timeout + 1.0, elapsed
+    assert 4 * read_timeout <= elapsed < 4 * read_timeout + SLACK, elapsed
 
 
 def test_imds_connect_timeout_is_configurable(emu):
@@ -236,7 +237,7 @@ def test_imds_connect_timeout_is_configurable(emu):
         with pytest.raises(ImdsError, match="ConnectTimeoutError"):
             imds.get_platform_metadata(Identity())
         elapsed = time.monotonic() - t0
-        assert 4 * 0.25 <= elapsed < 4 * 0.25 + 1.0, elapsed
+        assert 4 * 0.25 <= elapsed < 4 * 0.25 + SLACK, elapsed
     finally:
         for s in fillers:
             s.close()
@@ -252,13 +253,13 @@ def test_ests_timeouts_of_the_token_manager_are_honoured(make_client, emu):
     t0 = time.monotonic()
     with pytest.raises(TokenError, match="ReadTimeoutError"):
         c.acquire_token(RESOURCE)
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 0.3 + SLACK
 
 
 def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_client, emu, clock):
     """Measured bound today: (1 + 3 retries) x read_timeout + scaled waits, per IMDS step."""
     emu.lifetime = 1000.0
-    read_timeout = 0.3
+    read_timeout = 0.5
     c = make_client(clock=clock, read_timeout=read_timeout, renewal_backoff=60.0)
     cert = c.get_certificate()
     jump_to(clock, cert.renew_after_ts + 1)
@@ -280,8 +281,8 @@ def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_clie
     assert not first.is_alive() and len(held) == 1
     print(f"\nhung IMDS, read_timeout={read_timeout}: renewing caller held {held[0]:.2f} s; "
           f"a concurrent caller {other * 1000:.1f} ms")
-    assert other < 0.2  # others keep the valid certificate without waiting
-    assert 4 * read_timeout <= held[0] < 4 * read_timeout + 1.0  # the whole retry budget
+    assert other < read_timeout  # others keep the valid certificate without waiting
+    assert 4 * read_timeout <= held[0] < 4 * read_timeout + SLACK  # the whole retry budget
     # With the defaults (read 10 s, waits 1+2+4 s) the same hang holds a caller ~47 s per
     # step, ~94 s if getplatformmetadata answers and issuecredential hangs: see below.
 
@@ -294,7 +295,7 @@ def test_with_a_deadline_a_renewing_caller_is_served_within_it(make_client, emu,
     emu.inject("getplatformmetadata", Fault(delay=5.0, times=None))
     t0 = time.monotonic()
     assert c.get_certificate().x5t_s256 == cert.x5t_s256
-    assert time.monotonic() - t0 < 0.5 + 0.5
+    assert time.monotonic() - t0 < 0.5 + SLACK
 
 
 def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it(make_client,
@@ -304,7 +305,7 @@ def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it
     t0 = time.monotonic()
     with pytest.raises(ImdsError):
         c.get_certificate()
-    assert time.monotonic() - t0 < 0.5 + 0.5
+    assert time.monotonic() - t0 < 0.5 + SLACK
 
 
 class Trickler:
@@ -359,8 +360,8 @@ def _call_with_deadline(url: str, deadline: float) -> tuple[float, BaseException
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    worker.join(deadline + 2)
-    assert out, f"the call was still running {deadline + 2} s into a {deadline} s deadline"
+    worker.join(deadline + SLACK + 1)
+    assert out, f"the call was still running {deadline + SLACK + 1} s into a {deadline} s deadline"
     return out[0]
 
 
@@ -371,7 +372,7 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_body():
     finally:
         server.close()
     assert isinstance(error, ImdsError) and "deadline" in str(error)
-    assert elapsed < 0.5 + 0.5
+    assert elapsed < 0.5 + SLACK
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -384,5 +385,5 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
         elapsed, error = _call_with_deadline(server.url, 0.5)
     finally:
         server.close()
-    assert isinstance(error, ImdsError) and elapsed < 0.5 + 0.5
+    assert isinstance(error, ImdsError) and elapsed < 0.5 + SLACK
 
