@@ -36,7 +36,7 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
     try:
         return native.attest_keyguard_key(
             dll, endpoint=meta.attestation_endpoint, client_id=meta.client_id,
-            key=key.handle,
+            key=getattr(key, "handle"),  # noqa: B009 - NCryptRsaKey only (kind keyguard)
         )
     except native.AttestationFailed as exc:
         status = exc.status

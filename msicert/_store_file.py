@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -38,9 +39,31 @@ MAGIC = "msicert-entry: 1"
 _META = ("identity", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
 _CERT_BEGIN, _CERT_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
 _KEY_BEGIN, _KEY_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
+_POSIX = sys.platform != "win32"  # owner and mode bits; on Windows the profile's ACLs protect it
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: never let the C runtime translate newlines
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO planted as the entry must not hang
+
+if sys.platform == "win32":
+
+    def _foreign_owner(st: os.stat_result) -> str:
+        return ""  # ownership is an ACL matter on Windows (the user profile protects it)
+
+    def _fchmod(fd: int, mode: int) -> None:
+        pass
+
+else:
+
+    def _foreign_owner(st: os.stat_result) -> str:
+        """Why ``st`` is not ours ("" when it is)."""
+        if st.st_uid == os.geteuid():
+            return ""
+        return f"owned by uid {st.st_uid}, not by us (uid {os.geteuid()})"
+
+    def _fchmod(fd: int, mode: int) -> None:
+        os.fchmod(fd, mode)
+
 
 def _no_crash(phase: str) -> None:
     """Crash-test seam: tests replace it in a child process to die at ``phase``."""
@@ -107,12 +130,9 @@ class FileStore:
             raise StoreError(f"refusing store directory {path}: it is a symlink")
         if not stat.S_ISDIR(st.st_mode):
             raise StoreError(f"refusing store directory {path}: not a directory")
-        if st.st_uid != os.geteuid():
-            raise StoreError(
-                f"refusing store directory {path}: owned by uid {st.st_uid}, not by us "
-                f"(uid {os.geteuid()})"
-            )
-        if stat.S_IMODE(st.st_mode) != 0o700:
+        if _foreign_owner(st):
+            raise StoreError(f"refusing store directory {path}: {_foreign_owner(st)}")
+        if _POSIX and stat.S_IMODE(st.st_mode) != 0o700:
             log.warning(
                 "store directory %s had mode %o; tightening to 0700", path, stat.S_IMODE(st.st_mode)
             )
@@ -140,7 +160,7 @@ class FileStore:
         self.ensure_directory()
         path = self.path_for(identity)
         try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -151,12 +171,12 @@ class FileStore:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CorruptEntry("entry is not a regular file", location=path)
-            if st.st_uid != os.geteuid():
-                raise CorruptEntry(f"entry is owned by uid {st.st_uid}", location=path)
-            if stat.S_IMODE(st.st_mode) & 0o077:
+            if _foreign_owner(st):
+                raise CorruptEntry(f"entry is {_foreign_owner(st)}", location=path)
+            if _POSIX and stat.S_IMODE(st.st_mode) & 0o077:
                 log.warning("store entry %s had mode %o; tightening to 0600", path,
                             stat.S_IMODE(st.st_mode))
-                os.fchmod(fd, 0o600)
+                _fchmod(fd, 0o600)
             data = os.read(fd, MAX_ENTRY_BYTES + 1)
         finally:
             os.close(fd)
@@ -270,14 +290,14 @@ class FileStore:
     def _atomic_write(self, path: str, data: bytes) -> None:
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-" \
               f"{os.urandom(4).hex()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW | _O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot create a temp file in {self.directory}: {exc}") from exc
         try:
             try:
-                os.fchmod(fd, 0o600)  # whatever the umask said
+                _fchmod(fd, 0o600)  # whatever the umask said
                 half = len(data) // 2
                 _write_all(fd, memoryview(data)[:half])
                 _crash_point("temp-half-written")
@@ -295,6 +315,8 @@ class FileStore:
         self._fsync_dir()
 
     def _fsync_dir(self) -> None:
+        if not _POSIX:
+            return  # directories cannot be opened for fsync on Windows; NTFS journals renames
         try:
             fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             try:

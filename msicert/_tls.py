@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -37,12 +38,14 @@ def build_context(cert: BindingCertificate) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_default_verify_paths()
-    fd = os.open(cert.store, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+    fd = os.open(cert.store, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _O_NOFOLLOW | _O_CLOEXEC)
     try:
-        head = os.pread(fd, 64 * 1024, 0)
+        head = os.read(fd, 64 * 1024)
         if not cert.cert_pem or cert.cert_pem not in head:
             raise StaleCertificate(f"store entry {cert.store} no longer holds {cert.x5t_s256}")
-        ctx.load_cert_chain(f"/dev/fd/{fd}")
+        # /dev/fd/N reopens this very inode: key and certificate cannot come from two entries.
+        # (Windows has no /dev/fd; there a file being read cannot be renamed over anyway.)
+        ctx.load_cert_chain(cert.store if sys.platform == "win32" else f"/dev/fd/{fd}")
     finally:
         os.close(fd)
     return ctx

@@ -331,3 +331,14 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
         finally:
             for r, _ in left:
                 r.close()
+
+
+def test_demo_runs_on_windows_python_with_the_file_store() -> None:
+    """`msicert demo` (emulator in-process, file store, msvcrt lock, Python ssl) on Windows."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    out = subprocess.run([sys.executable, "-m", "msicert", "demo"], capture_output=True,
+                         text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "all checks held" in out.stdout
+    assert "0 IMDS calls" in out.stdout
