@@ -57,8 +57,10 @@ class ManagedIdentityClient:
     issuer CN (default: ``$MSICERT_ISSUER``, then
     ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
     ``connect_timeout``/``read_timeout`` bound each IMDS request; ``deadline`` (seconds, default
-    none) bounds all the IMDS work of one call, retries included: a caller that holds a valid
-    certificate gets it back within it even when IMDS hangs.
+    none) bounds all the IMDS work of one call, retries included. A proactive renewal, made
+    while the caller still holds a valid certificate, is bounded by ``renewal_deadline``
+    (default 10 s, or ``deadline`` when that is shorter): a hung IMDS never holds such a caller
+    longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each ESTS request.
     """
 
     def __init__(
@@ -80,6 +82,9 @@ class ManagedIdentityClient:
         lock_timeout: float = 120.0,
         renewal_backoff: float = 30.0,
         deadline: float | None = None,
+        renewal_deadline: float = 10.0,
+        ests_connect_timeout: float = 5.0,
+        ests_read_timeout: float = 30.0,
     ) -> None:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
@@ -93,6 +98,8 @@ class ManagedIdentityClient:
         self._lock_timeout = lock_timeout
         self._renewal_backoff = renewal_backoff
         self._deadline = deadline
+        self._renewal_deadline = renewal_deadline
+        self._ests_timeouts = (ests_connect_timeout, ests_read_timeout)
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
         self._renew_not_before = 0.0
@@ -212,7 +219,7 @@ class ManagedIdentityClient:
             try:
                 log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
                          self.identity.alias, cur.renew_after.isoformat())
-                return self._mint_locked()
+                return self._mint_locked(renewal=True)
             except MsiCertError as exc:
                 later = self._clock()
                 if cur.state(later) not in (State.FRESH, State.RENEW):
@@ -235,10 +242,14 @@ class ManagedIdentityClient:
             )
         return self._imds_client
 
-    def _mint_locked(self) -> BindingCertificate:
+    def _mint_locked(self, *, renewal: bool = False) -> BindingCertificate:
         """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
         imds = self._imds()
-        until = None if self._deadline is None else time.monotonic() + self._deadline
+        budget = self._deadline
+        if renewal:
+            budget = self._renewal_deadline if budget is None else min(budget,
+                                                                       self._renewal_deadline)
+        until = None if budget is None else time.monotonic() + budget
         meta = imds.get_platform_metadata(self.identity, deadline=until)
         key = self._store.generate_key(self.identity)
         try:
@@ -265,7 +276,11 @@ class ManagedIdentityClient:
         if self._token_manager is None:
             from ._tokens import TokenManager
 
-            self._token_manager = TokenManager(self, clock=self._clock, sleep=self._sleep)
+            connect, read = self._ests_timeouts
+            self._token_manager = TokenManager(
+                self, clock=self._clock, sleep=self._sleep, connect_timeout=connect,
+                read_timeout=read,
+            )
         return self._token_manager
 
     def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:

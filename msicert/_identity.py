@@ -68,8 +68,14 @@ class Identity:
 
     @property
     def alias(self) -> str:
-        """Stable human-readable tag, e.g. ``system`` or ``client_id=<guid>``."""
-        return "system" if self.kind == "system" else f"{self.kind}={self.value}"
+        """Stable human-readable tag, e.g. ``system`` or ``client_id=<guid>``.
+
+        ARM resource ids are case-insensitive: two spellings of one id are one identity.
+        """
+        if self.kind == "system":
+            return "system"
+        value = self.value.lower() if self.kind == "resource_id" else self.value
+        return f"{self.kind}={value}"
 
     @property
     def file_tag(self) -> str:

@@ -117,6 +117,12 @@ class FileStore:
         """Create the directory 0700, or refuse/tighten an existing one. Idempotent."""
         if self._dir_checked:
             return
+        try:
+            self._ensure_directory()
+        except OSError as exc:
+            raise StoreError(f"cannot use store directory {self.directory}: {exc}") from exc
+
+    def _ensure_directory(self) -> None:
         path = self.directory
         try:
             st = os.lstat(path)
@@ -178,6 +184,10 @@ class FileStore:
                             stat.S_IMODE(st.st_mode))
                 _fchmod(fd, 0o600)
             data = os.read(fd, MAX_ENTRY_BYTES + 1)
+        except CorruptEntry:
+            raise
+        except OSError as exc:
+            raise StoreError(f"cannot read store entry {path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
         return self.parse(data, identity, issuer_cn=issuer_cn, location=path)

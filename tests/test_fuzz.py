@@ -641,11 +641,6 @@ def test_deep_nesting_and_huge_numbers_are_documented_errors_not_crashes():
             parse_issued_credential(200, {}, json.dumps(body).encode(), CID)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "msicert/_identity.py: resource ids are compared case-insensitively for the file tag "
-    "(hash of the lowercased id) but case-sensitively for the alias recorded in the entry, so "
-    "two spellings of one ARM id share a file and each calls the other's entry corrupt: every "
-    "alternation removes it and mints again (measured: 6 issuecredential for 6 runs)"))
 def test_resource_ids_differing_only_in_case_share_one_entry(tmp_path):
     upper = Identity.from_selectors(resource_id="/subscriptions/S/providers/Microsoft.X/y/Z")
     lower = Identity.from_selectors(resource_id="/subscriptions/s/providers/microsoft.x/y/z")
