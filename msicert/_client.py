@@ -9,23 +9,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from . import _policy
-from ._attestation import attestation_token
-from ._csr import build_csr, csr_to_wire
 from ._errors import ImdsResponseError, MsiCertError
 from ._identity import Identity
-from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
-from ._store import CorruptEntry, KeyMaterial, Store, default_store
+from ._store import CorruptEntry, Store, default_store
 
 if TYPE_CHECKING:
     import urllib3
 
+    from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
+    from ._store import KeyMaterial
     from ._tokens import TokenManager
+
+# Minting needs more than the store-first hot path: _imds (json, uuid, urllib3), _csr and
+# cryptography's serialization are imported on the first mint, keeping `import msicert` cheap.
 
 __all__ = ["ManagedIdentityClient"]
 
@@ -235,6 +234,8 @@ class ManagedIdentityClient:
 
     def _imds(self) -> ImdsClient:
         if self._imds_client is None:
+            from ._imds import ImdsClient
+
             connect, read, retry, sleep = self._imds_options
             self._imds_client = ImdsClient(
                 self._imds_endpoint, connect_timeout=connect, read_timeout=read,
@@ -314,6 +315,12 @@ class ManagedIdentityClient:
         self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, until: float | None
     ) -> tuple[_Minted, BindingCertificate]:
         """CSR over ``key``, issuecredential, and every check on what came back."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        from ._attestation import attestation_token
+        from ._csr import build_csr, csr_to_wire
+
         csr = build_csr(
             spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
             tenant_id=meta.tenant_id, cuid=meta.cuid,

@@ -17,18 +17,20 @@ import stat
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import _policy
 from ._errors import StoreError
 from ._identity import Identity
-from ._keys import SoftwareKey
 from ._lock import IdentityLock
 from ._model import BindingCertificate, x5t_s256
 from ._store import CorruptEntry, NewEntry
+
+if TYPE_CHECKING:
+    from ._keys import SoftwareKey
 
 __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 
@@ -79,6 +81,9 @@ def _nofollow(path: str, flags: int) -> int:
 # (x5t, key PEM, identity, issuer CN) already checked in this process
 _verified: set[tuple[str, bytes, str, str]] = set()
 _verified_lock = threading.Lock()
+# (file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
+_parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
+_PARSED_MAX = 64
 
 
 def default_directory() -> str:
@@ -158,6 +163,8 @@ class FileStore:
 
     def generate_key(self, identity: Identity) -> SoftwareKey:
         """RSA 2048 in memory; persisted only inside the 0600 entry file."""
+        from ._keys import SoftwareKey  # only minting needs key generation
+
         return SoftwareKey.generate()
 
     # --- read ------------------------------------------------------------------------------
@@ -190,7 +197,18 @@ class FileStore:
             raise StoreError(f"cannot read store entry {path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        return self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+        # Content-addressed: the same bytes always parse to the same (immutable) entry, so a
+        # new client reading an unchanged file skips the parse. Any change to the file misses.
+        key = (data, identity, issuer_cn.lower(), path)
+        hit = _parsed.get(key)
+        if hit is not None:
+            return hit
+        entry = self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+        with _verified_lock:
+            if len(_parsed) >= _PARSED_MAX:
+                _parsed.clear()
+            _parsed[key] = entry
+        return entry
 
     def parse(
         self, data: bytes, identity: Identity, *, issuer_cn: str, location: str
@@ -253,6 +271,8 @@ class FileStore:
     @staticmethod
     def _check_key(entry: BindingCertificate, key_block: bytes, location: str) -> None:
         """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         try:
             key = serialization.load_pem_private_key(
                 key_block, None, unsafe_skip_rsa_key_validation=True
