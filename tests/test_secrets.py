@@ -96,9 +96,9 @@ def collector():
 
 def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, store_dir,
                                                          collector, monkeypatch):
-    import msicert._client as client_module
+    import msicert._attestation as attestation_module
 
-    monkeypatch.setattr(client_module, "attestation_token", lambda key, meta, ident:
+    monkeypatch.setattr(attestation_module, "attestation_token", lambda key, meta, ident:
                         ATTESTATION_TOKEN)  # as on a KeyGuard VM: every mint is attested
     texts: list[str] = []
     keys: list[bytes] = []

@@ -127,9 +127,9 @@ def test_fault_storm_sequential_calls_and_concurrent_processes(emu, store_dir):
     attempts = Counter()
     real_mint = client._mint_locked
 
-    def counting_mint():
+    def counting_mint(**kw):
         attempts["mint"] += 1
-        return real_mint()
+        return real_mint(**kw)
 
     client._mint_locked = counting_mint  # type: ignore[method-assign]
 
