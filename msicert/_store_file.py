@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -78,10 +79,10 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
 
 
-# (x5t, key PEM, identity, issuer CN) already checked in this process
+# (x5t, SHA-256 of the key PEM, identity, issuer CN) already checked in this process
 _verified: set[tuple[str, bytes, str, str]] = set()
 _verified_lock = threading.Lock()
-# (file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
+# (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
 _PARSED_MAX = 64
 
@@ -199,7 +200,8 @@ class FileStore:
             os.close(fd)
         # Content-addressed: the same bytes always parse to the same (immutable) entry, so a
         # new client reading an unchanged file skips the parse. Any change to the file misses.
-        key = (data, identity, issuer_cn.lower(), path)
+        # Keyed by a digest, so these process-wide memos never hold private-key bytes.
+        key = (hashlib.sha256(data).digest(), identity, issuer_cn.lower(), path)
         hit = _parsed.get(key)
         if hit is not None:
             return hit
@@ -239,7 +241,8 @@ class FileStore:
             store=location, cert_pem=cert_block,
         )
         # Subject/issuer and key/cert checks depend only on these bytes: once per process.
-        marker = (entry.x5t_s256, key_block, identity.alias, issuer_cn.lower())
+        marker = (entry.x5t_s256, hashlib.sha256(key_block).digest(), identity.alias,
+                  issuer_cn.lower())
         if marker not in _verified:
             why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
             if why:
