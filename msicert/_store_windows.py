@@ -101,7 +101,8 @@ class WindowsStore:
 
     def _entry(
         self, ref: CertRef, tag: dict[str, str], identity: Identity, issuer_cn: str
-    ) -> BindingCertificate:
+    ) -> tuple[BindingCertificate, str]:
+        """The entry and the name of its CNG key (CorruptEntry when either is unusable)."""
         import msicert_native
 
         der = ref.der
@@ -112,13 +113,15 @@ class WindowsStore:
         why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
         if why:
             raise CorruptEntry(why, location=self.description)
-        if msicert_native.get_key_prov_info(ref) is None:
+        info = msicert_native.get_key_prov_info(ref)
+        if info is None:
             raise CorruptEntry("certificate without private key link", location=self.description)
-        return BindingCertificate.from_der(
+        entry = BindingCertificate.from_der(
             der, cert, identity=identity, client_id=tag["cid"], tenant_id=tag["tid"],
             mtls_endpoint=tag["ep"], identity_type=tag["type"], source="store",
             key=tag.get("key", "software-ksp"), store=self.description,
         )
+        return entry, info.container
 
     def _delete(self, store: CertStore, ref: CertRef) -> None:
         import msicert_native as native
@@ -140,12 +143,16 @@ class WindowsStore:
             refs = self._entries(store, identity)
             try:
                 good: list[BindingCertificate] = []
+                key_names: dict[str, str] = {}
                 problem: CorruptEntry | None = None
                 for ref, tag in refs:
                     try:
-                        good.append(self._entry(ref, tag, identity, issuer_cn))
+                        entry, key_name = self._entry(ref, tag, identity, issuer_cn)
                     except CorruptEntry as exc:
                         problem = exc
+                        continue
+                    good.append(entry)
+                    key_names[entry.x5t_s256] = key_name
             finally:
                 for ref, _ in refs:
                     ref.close()
@@ -154,32 +161,16 @@ class WindowsStore:
             if problem is not None:
                 raise problem
             return None
-        self._probe(best, refs_key=best.x5t_s256)
+        self._probe(best.x5t_s256, key_names[best.x5t_s256])
         return best
 
-    def _probe(self, entry: BindingCertificate, *, refs_key: str) -> None:
+    def _probe(self, x5t: str, key_name: str) -> None:
         """One test signature per process: a dead per-boot key makes the entry corrupt."""
-        if refs_key in _probed:
-            alive = _probed[refs_key]
-        else:
-            alive = self._key_alive(entry)
-            _probed[refs_key] = alive
-        if alive is False:
+        if x5t not in _probed:
+            _probed[x5t] = key_is_alive(key_name, machine=self.machine)
+        if _probed[x5t] is False:
             raise CorruptEntry("its key failed a test signature (per-boot key after a reboot?)",
                                location=self.description)
-
-    def _key_alive(self, entry: BindingCertificate) -> bool | None:
-        import msicert_native as native
-
-        with self._open() as store:
-            for ref in native.enum_certificates(store):
-                with ref:
-                    if x5t_s256(ref.der) == entry.x5t_s256:
-                        info = native.get_key_prov_info(ref)
-                        if info is None:
-                            return False
-                        return key_is_alive(info.container, machine=self.machine)
-        return None
 
     def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
         """Add the certificate linked to its CNG key; drop the identity's older entries."""
