@@ -132,7 +132,7 @@ class ManagedIdentityClient:
             if st is State.RENEW:
                 return self._renew(cur, self._memory_view or cur)
             log.info("in-memory certificate %s is %s; looking again", cur.x5t_s256, st.value)
-            self._forget()
+            self.forget()
         entry = self._from_store(now)
         if entry is not None:
             self._remember(entry)
@@ -148,9 +148,6 @@ class ManagedIdentityClient:
 
     def forget(self) -> None:
         """Drop the in-memory certificate (the store keeps it); the next call re-reads."""
-        self._forget()
-
-    def _forget(self) -> None:
         self._memory_view = None
         self._cert = None
 
@@ -223,14 +220,18 @@ class ManagedIdentityClient:
                 later = self._clock()
                 if cur.state(later) not in (State.FRESH, State.RENEW):
                     raise  # it expired while the renewal was failing: nothing usable is left
-                self._renew_not_before = later + min(
-                    self._renewal_backoff, max(0.0, (cur.not_after_ts - later) / 8)
-                )
+                self._back_off(cur, later)
                 log.warning(
                     "renewal of certificate %s failed; keeping it (valid until %s): %s",
                     cur.x5t_s256, cur.not_after.isoformat(), exc,
                 )
                 return serve
+
+    def _back_off(self, cert: BindingCertificate, now: float) -> None:
+        """No renewal attempt before min(renewal_backoff, an eighth of what is left)."""
+        self._renew_not_before = now + min(
+            self._renewal_backoff, max(0.0, (cert.not_after_ts - now) / 8)
+        )
 
     def _imds(self) -> ImdsClient:
         if self._imds_client is None:
@@ -265,9 +266,7 @@ class ManagedIdentityClient:
         now = self._clock()
         if probe.state(now) is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.
-            self._renew_not_before = now + min(
-                self._renewal_backoff, max(0.0, (probe.not_after_ts - now) / 8)
-            )
+            self._back_off(probe, now)
         log.info("minted certificate %s for %s (not_after %s)", result.x5t_s256,
                  self.identity.alias, result.not_after.isoformat())
         return result
@@ -371,13 +370,13 @@ class ManagedIdentityClient:
     def invalidate(self, x5t_s256: str) -> None:
         """Forget a certificate that the token leg proved unusable, in memory and store."""
         if self._cert is not None and self._cert.x5t_s256 == x5t_s256:
-            self._forget()
+            self.forget()
         with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
             if self._store.remove(self.identity, x5t_s256):
                 log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
 
     def purge(self) -> int:
         """Remove this identity's certificates from memory and store; return how many went."""
-        self._forget()
+        self.forget()
         with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
             return self._store.purge(self.identity)
