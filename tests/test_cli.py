@@ -136,5 +136,9 @@ def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one():
     assert [b[0] for b in blocks] == ["demo", "test"]
     assert all("\n" not in cmd for _, cmd in blocks)
     assert "msicert demo" in blocks[0][1] and "pytest" in blocks[1][1]
+    # Debian/Ubuntu mark the system Python externally managed: both commands make and use a venv.
+    for _, cmd in blocks:
+        assert cmd.startswith("python3 -m venv .venv && .venv/bin/python -m pip install")
+        assert " python3 -m pip" not in cmd and "&& python3 " not in cmd
     ci = (ROOT / ".ci" / "run").read_text()
     assert "test-command" in ci and 'bash -c "$test_cmd"' in ci
