@@ -207,7 +207,7 @@ def test_the_csr_the_client_posts_carries_the_reference_bytes(make_client, emu):
     client_id, tenant_id = emu.client_id_for({}), emu.tenant_id
     assert bytes((0x16, len(tenant_id))) + tenant_id.encode() in info
     assert bytes((0x13, len(client_id))) + client_id.encode() in info
-    cuid = '{"vmId":"%s","vmssId":"%s"}' % (emu.cuid["vmId"], emu.cuid["vmssId"])
+    cuid = '{"vmId":"' + emu.cuid["vmId"] + '","vmssId":"' + emu.cuid["vmssId"] + '"}'
     assert info.endswith(bytes((0x0C, len(cuid))) + cuid.encode())
     assert x509.load_der_x509_csr(csr).is_signature_valid
     assert emu.violations == []
