@@ -193,3 +193,13 @@ def test_a_utf8_cn_is_issued_but_recorded_as_a_deviation_from_the_references(imd
         "issuecredential: subject CN is a UTF8String; the reference clients send a "
         "PrintableString"
     ]
+
+
+def test_a_hostile_deeply_nested_cuid_is_refused_without_crashing():
+    from msicert.emulator._csrcheck import check_csr
+
+    md = {"clientId": "c", "tenantId": "t", "cuId": {"vmId": "v"}}
+    request = csr(md, cuid_text="[" * 200_000)
+    result = check_csr(request, client_id="c", tenant_id="t", cuid_json='{"vmId":"v"}')
+    assert not result.ok
+    assert any("expected compact JSON" in problem for problem in result.problems)

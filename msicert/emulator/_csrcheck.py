@@ -186,7 +186,7 @@ def _subject_tag_findings(subject: asn1.Tlv) -> tuple[list[str], list[str]]:
 def _cuid_problems(text: str, cuid_json: str) -> list[str]:
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: hostile deeply nested arrays
         document = None
     if isinstance(document, dict):
         empty = [name for name, value in document.items() if value in ("", None)]
