@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
+    AttestationRequiredError,
     ImdsError,
     ImdsResponseError,
     MsiCertError,
@@ -22,6 +23,7 @@ from ._model import AccessToken, BindingCertificate
 __all__ = [
     "AccessToken",
     "AttestationError",
+    "AttestationRequiredError",
     "BindingCertificate",
     "Identity",
     "ImdsError",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _policy
-from ._errors import ImdsResponseError, MsiCertError
+from ._errors import AttestationRequiredError, ImdsError, ImdsResponseError, MsiCertError
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
@@ -325,7 +325,16 @@ class ManagedIdentityClient:
             tenant_id=meta.tenant_id, cuid=meta.cuid,
         )
         token = attestation_token(key, meta, self.identity)
-        issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
+        try:
+            issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
+        except ImdsError as exc:
+            from ._imds import is_attestation_refusal
+
+            if is_attestation_refusal(exc):
+                raise AttestationRequiredError.from_refusal(
+                    exc, key_kind=key.kind, attested=token is not None
+                ) from exc
+            raise
         step = "issuecredential"
         try:
             cert = x509.load_der_x509_certificate(issued.certificate_der)

@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 
 from . import _der as der
 
-__all__ = ["CUID_ATTRIBUTE_OID", "Signer", "build_csr", "csr_to_wire", "cuid_json"]
+__all__ = [
+    "CUID_ATTRIBUTE_OID",
+    "PSS_ALGORITHM_DER",
+    "Signer",
+    "build_csr",
+    "csr_to_wire",
+    "cuid_json",
+]
 
 CUID_ATTRIBUTE_OID = "1.3.6.1.4.1.311.90.2.10"
 _OID_DC = "0.9.2342.19200300.100.1.25"
@@ -36,13 +43,19 @@ def cuid_json(cuid: Mapping[str, str]) -> str:
 
 
 def _pss_algorithm() -> bytes:
-    sha256 = der.sequence(der.oid(_OID_SHA256), der.null())
+    # Byte-exact with the reference clients: the SHA-256 identifiers carry no NULL parameters
+    # and trailerField (DEFAULT 1) is left out; MSAL Go records IMDS refusing either.
+    sha256 = der.sequence(der.oid(_OID_SHA256))
     params = der.sequence(
         der.context(0, sha256),
         der.context(1, der.sequence(der.oid(_OID_MGF1), sha256)),
         der.context(2, der.integer(PSS_SALT_LENGTH)),
     )
     return der.sequence(der.oid(_OID_RSASSA_PSS), params)
+
+
+PSS_ALGORITHM_DER = _pss_algorithm()
+"""The signatureAlgorithm AlgorithmIdentifier every CSR carries (RSASSA-PSS, SHA-256)."""
 
 
 def build_csr(
@@ -53,10 +66,23 @@ def build_csr(
     tenant_id: str,
     cuid: Mapping[str, str],
 ) -> bytes:
-    """Return the DER CSR: subject DC=<tenant> then CN=<client id>, one cuId attribute."""
+    """Return the DER CSR: subject DC=<tenant> then CN=<client id>, one cuId attribute.
+
+    DC is an IA5String and CN a PrintableString, as the reference clients write them. A
+    client id outside the PrintableString alphabet (IMDS hands out GUIDs) or a non-ASCII
+    tenant raises ValueError rather than switching to another string type the service
+    was never seen to accept.
+    """
+    if not client_id or not der.is_printable(client_id):
+        raise ValueError(
+            f"client id {client_id!r} cannot be the CSR's PrintableString CN "
+            "(IMDS client ids are GUIDs)"
+        )
+    if not tenant_id or not tenant_id.isascii():
+        raise ValueError(f"tenant id {tenant_id!r} cannot be the CSR's IA5String DC")
     subject = der.sequence(
         der.set_of(der.sequence(der.oid(_OID_DC), der.ia5_string(tenant_id))),
-        der.set_of(der.sequence(der.oid(_OID_CN), der.utf8_string(client_id))),
+        der.set_of(der.sequence(der.oid(_OID_CN), der.printable_string(client_id))),
     )
     attribute = der.sequence(
         der.oid(CUID_ATTRIBUTE_OID), der.set_of(der.utf8_string(cuid_json(cuid)))
@@ -64,7 +90,7 @@ def build_csr(
     info = der.sequence(
         der.integer(0), subject, spki_der, der.context(0, attribute)
     )
-    return der.sequence(info, _pss_algorithm(), der.bit_string(sign(info)))
+    return der.sequence(info, PSS_ALGORITHM_DER, der.bit_string(sign(info)))
 
 
 def csr_to_wire(csr_der: bytes) -> str:

@@ -12,8 +12,10 @@ __all__ = [
     "der_len",
     "ia5_string",
     "integer",
+    "is_printable",
     "null",
     "oid",
+    "printable_string",
     "sequence",
     "set_of",
     "tlv",
@@ -61,13 +63,33 @@ def null() -> bytes:
     return b"\x05\x00"
 
 
+# X.680 section 41.4: the whole PrintableString alphabet.
+_PRINTABLE = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+)
+
+
 def utf8_string(text: str) -> bytes:
     """UTF8String."""
     return tlv(0x0C, text.encode("utf-8"))
 
 
+def is_printable(text: str) -> bool:
+    """True when every character of ``text`` is in the PrintableString alphabet."""
+    return all(ch in _PRINTABLE for ch in text)
+
+
+def printable_string(text: str) -> bytes:
+    """PrintableString; ValueError for a character outside its alphabet (never re-encoded)."""
+    if not is_printable(text):
+        raise ValueError(f"{text!r} has characters a PrintableString cannot hold")
+    return tlv(0x13, text.encode("ascii"))
+
+
 def ia5_string(text: str) -> bytes:
-    """IA5String (ASCII only)."""
+    """IA5String; ValueError for a non-ASCII character (never re-encoded)."""
+    if not text.isascii():
+        raise ValueError(f"{text!r} has non-ASCII characters an IA5String cannot hold")
     return tlv(0x16, text.encode("ascii"))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttestationError",
+    "AttestationRequiredError",
     "ImdsError",
     "ImdsResponseError",
     "MsiCertError",
@@ -56,6 +57,56 @@ class ImdsError(MsiCertError):
 
 class MsiV2UnavailableError(ImdsError):
     """getplatformmetadata answered 404 after retries: this host has IMDS v1 only."""
+
+
+_KEY_KINDS = {
+    "file": "a software key (held by msicert in a file; it cannot be attested)",
+    "software-ksp": "a software-KSP key (Microsoft Software Key Storage Provider without VBS "
+    "isolation; it cannot be attested)",
+    "keyguard": "a KeyGuard key without an attestation token (AttestationClientLib.dll not "
+    "found?)",
+}
+
+
+class AttestationRequiredError(ImdsError):
+    """issuecredential refused the CSR because this host's IMDS issues only to attested keys.
+
+    IMDS does not yet issue binding certificates for software keys (the MSAL cross-SDK mTLS
+    PoP standard); such a host answers 400 "Attestation Token is missing / empty". Never
+    retried: the same key would be refused again. ``key_kind`` names the key that was used
+    (``file``, ``software-ksp`` or ``keyguard``), ``attested`` whether a token was sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_kind: str,
+        attested: bool,
+        step: str = "issuecredential",
+        status: int | None = None,
+        body_excerpt: str = "",
+        correlation_id: str = "",
+    ) -> None:
+        if attested:
+            used = f"a {key_kind} key with an attestation token that IMDS did not accept"
+        else:
+            used = _KEY_KINDS.get(key_kind, f"a {key_kind!r} key without attestation")
+        super().__init__(
+            "this host's IMDS requires a KeyGuard key with attestation "
+            f"(Attestation Token missing), but the CSR was made with {used}; "
+            "IMDS does not issue binding certificates for software keys: run on a "
+            "VBS-enabled Windows VM with AttestationClientLib.dll available",
+            step=step, status=status, body_excerpt=body_excerpt, correlation_id=correlation_id,
+        )
+        self.key_kind = key_kind
+        self.attested = attested
+
+    @classmethod
+    def from_refusal(cls, exc: ImdsError, *, key_kind: str, attested: bool
+                     ) -> AttestationRequiredError:
+        """The refusal ``exc`` (see ``_imds.is_attestation_refusal``) with the key named."""
+        return cls(key_kind=key_kind, attested=attested, step=exc.step, status=exc.status,
+                   body_excerpt=exc.body_excerpt, correlation_id=exc.correlation_id)
 
 
 class ImdsResponseError(ImdsError):

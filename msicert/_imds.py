@@ -28,6 +28,7 @@ __all__ = [
     "IssuedCredential",
     "PlatformMetadata",
     "RetryPolicy",
+    "is_attestation_refusal",
     "parse_issued_credential",
     "parse_platform_metadata",
 ]
@@ -358,6 +359,18 @@ class ImdsClient:
             step, "POST", self._url(step, identity), body, redact, deadline=deadline
         )
         return parse_issued_credential(status, headers, data, cid, redact=redact)
+
+
+def is_attestation_refusal(exc: ImdsError) -> bool:
+    """True when issuecredential answered 400 because the request had no attestation token.
+
+    IMDS words it "Attestation Token is missing / empty in the issue credential request"
+    (MSAL.NET MockHelpers); the check is on those words, case-insensitively.
+    """
+    if exc.step != "issuecredential" or exc.status != 400:
+        return False
+    text = exc.body_excerpt.lower()
+    return "attestation token" in text and ("missing" in text or "empty" in text)
 
 
 def _json_object(

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from msicert import _der as der
-from msicert._csr import build_csr, csr_to_wire
+from msicert._csr import PSS_ALGORITHM_DER, build_csr, csr_to_wire
 from msicert.emulator import ISSUER_CN, Emulator, Fault, decode_token_payload
 from msicert.emulator._csrcheck import check_csr
 
@@ -191,7 +191,7 @@ def raw_csr(
     """A CSR assembled by hand, so each field can break the contract on its own."""
     values = {
         "DC": der.ia5_string(tenant_id or md["tenantId"]),
-        "CN": der.utf8_string(client_id or md["clientId"]),
+        "CN": der.printable_string(client_id or md["clientId"]),
     }
     oids = {"DC": "0.9.2342.19200300.100.1.25", "CN": "2.5.4.3"}
     subject = der.sequence(*(der.set_of(der.sequence(der.oid(oids[n]), values[n])) for n in order))
@@ -207,8 +207,9 @@ def raw_csr(
         spki(key),
         der.context(0, b"".join(sorted((attribute, *extra_attributes)))),
     )
-    sha256 = der.sequence(der.oid("2.16.840.1.101.3.4.2.1"), der.null())
-    mgf = der.sequence(der.oid(mgf_hash), der.null())
+    # As the reference writes them: no NULL parameters on the hash identifiers.
+    sha256 = der.sequence(der.oid("2.16.840.1.101.3.4.2.1"))
+    mgf = der.sequence(der.oid(mgf_hash))
     if algorithm == "pss":
         fields = [der.context(0, sha256)]
         if mgf_hash != SHA1:  # DER omits DEFAULT values: MGF1-SHA-1 and salt 20
@@ -237,7 +238,9 @@ def builder_csr(md: dict[str, Any], *, extension: bool) -> bytes:
             x509.Name(
                 [
                     x509.NameAttribute(NameOID.DOMAIN_COMPONENT, md["tenantId"]),
-                    x509.NameAttribute(NameOID.COMMON_NAME, md["clientId"]),
+                    x509.NameAttribute(
+                        NameOID.COMMON_NAME, md["clientId"], _ASN1Type.PrintableString
+                    ),
                 ]
             )
         )
@@ -249,7 +252,9 @@ def builder_csr(md: dict[str, Any], *, extension: bool) -> bytes:
         )
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
     csr = builder.sign(KEY, hashes.SHA256(), rsa_padding=pss)
-    return csr.public_bytes(serialization.Encoding.DER)
+    # cryptography writes NULL parameters into the PSS identifiers, which IMDS refuses; the
+    # algorithm lies outside the signed bytes, so the reference's encoding is swapped in.
+    return der.sequence(csr.tbs_certrequest_bytes, PSS_ALGORITHM_DER, der.bit_string(csr.signature))
 
 
 # -- IMDS: getplatformmetadata and the request checks ------------------------------------------
@@ -848,6 +853,7 @@ def test_control_api_drives_faults_config_stats_and_reset(emulator):
         "lifetime": 120.0,
         "backdate": 0.0,
         "token_lifetime": 3600.0,
+        "require_attestation": False,
     }
     assert emulator.lifetime == 120.0
     _, certificate = mint(emulator)

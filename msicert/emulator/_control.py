@@ -2,7 +2,9 @@
 
 ``GET stats`` → ``{"counts", "violations", "issued"}``; ``POST faults`` queues a fault;
 ``POST reset`` clears counts, requests, violations and faults; ``POST config`` changes
-``lifetime``, ``backdate`` and ``token_lifetime`` (seconds) and answers the current values.
+``lifetime``, ``backdate`` and ``token_lifetime`` (seconds) and ``require_attestation``
+(boolean: issuecredential refuses a request without ``attestation_token``, as IMDS does on
+hosts that issue only to attested KeyGuard keys) and answers the current values.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ __all__ = ["PREFIX", "fault_from_json", "handle"]
 
 PREFIX = "/__emulator__/"
 _CONFIG_FIELDS = ("lifetime", "backdate", "token_lifetime")
+_CONFIG_FLAGS = ("require_attestation",)
 _FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body"})
 
 
@@ -65,16 +68,22 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
     return endpoint, fault
 
 
-def _config(handler: Handler, document: Any) -> dict[str, float]:
+def _config(handler: Handler, document: Any) -> dict[str, float | bool]:
     state = handler.server.state
-    if not isinstance(document, dict) or set(document) - set(_CONFIG_FIELDS):
-        raise ValueError(f"body must be a JSON object with only {', '.join(_CONFIG_FIELDS)}")
+    known = _CONFIG_FIELDS + _CONFIG_FLAGS
+    if not isinstance(document, dict) or set(document) - set(known):
+        raise ValueError(f"body must be a JSON object with only {', '.join(known)}")
     values = {name: _number(document[name], name) for name in _CONFIG_FIELDS if name in document}
     if any(value is None or value <= 0 for n, value in values.items() if n != "backdate"):
         raise ValueError("lifetime and token_lifetime must be positive")
-    for name, value in values.items():
+    flags = {name: document[name] for name in _CONFIG_FLAGS if name in document}
+    if any(not isinstance(value, bool) for value in flags.values()):
+        raise ValueError(f"{', '.join(_CONFIG_FLAGS)} must be true or false")
+    for name, value in {**values, **flags}.items():
         setattr(state, name, value)
-    return {name: float(getattr(state, name)) for name in _CONFIG_FIELDS}
+    answer: dict[str, float | bool] = {name: float(getattr(state, name)) for name in _CONFIG_FIELDS}
+    answer.update({name: bool(getattr(state, name)) for name in _CONFIG_FLAGS})
+    return answer
 
 
 def handle(handler: Handler, path: str) -> None:

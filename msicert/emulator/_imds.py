@@ -16,7 +16,7 @@ from ._csrcheck import check_csr
 from ._http import Handler, Reply, apply_fault, error_code, invalid_request, parse_query
 from ._state import SELECTORS, RecordedRequest, State
 
-__all__ = ["ATTESTATION_ENDPOINT", "IMDS_SERVER_HEADER", "ImdsHandler"]
+__all__ = ["ATTESTATION_ENDPOINT", "ATTESTATION_MISSING", "IMDS_SERVER_HEADER", "ImdsHandler"]
 
 IMDS_SERVER_HEADER = "IMDS/150.870.65.1854"
 ATTESTATION_ENDPOINT = "https://maa.msicert-emulator.invalid"
@@ -27,6 +27,10 @@ _PATHS = {
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _BODY_FIELDS = frozenset({"csr", "attestation_token"})
+# What IMDS answers (HTTP 400, invalid_request) when attestation is required and the request
+# has none: MSAL.NET's MockHelpers
+# MockCertificateRequestResponse_AttestationRequired_ButMissingToken_Returns400.
+ATTESTATION_MISSING = "Attestation Token is missing / empty in the issue credential request"
 
 
 class ImdsHandler(Handler):
@@ -134,6 +138,19 @@ class ImdsHandler(Handler):
             },
         )
 
+    def _attestation_missing(self, body: bytes) -> bool:
+        """In require_attestation mode: True when the body carries no attestation token."""
+        if not self.state.require_attestation:
+            return False
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            return False  # not JSON: refused for that reason instead
+        if not isinstance(document, dict):
+            return False
+        token = document.get("attestation_token")
+        return not isinstance(token, str) or not token
+
     def _body_problems(self, body: bytes) -> tuple[bytes | None, list[str]]:
         """The decoded CSR DER, or the problems that make the body unusable."""
         try:
@@ -170,6 +187,9 @@ class ImdsHandler(Handler):
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             self._violations("issuecredential", [f"Content-Type is {content_type!r}"])
+        if self._attestation_missing(body):
+            # Not a contract violation: the client sent what it could; this host wants more.
+            return invalid_request(ATTESTATION_MISSING)
         der, problems = self._body_problems(body)
         client_id = self.state.client_id_for(query)
         check = check_csr(
@@ -180,6 +200,7 @@ class ImdsHandler(Handler):
         )
         if der is not None:
             problems += check.problems
+            self._violations("issuecredential", list(check.notes))
         if problems or check.public_key is None or check.subject is None:
             self._violations("issuecredential", problems)
             return invalid_request("; ".join(problems))

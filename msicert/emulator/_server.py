@@ -43,8 +43,10 @@ class Emulator:
     ``lifetime``/``backdate`` shape issued certificates (NotBefore = now - backdate,
     NotAfter = NotBefore + lifetime); ``token_lifetime`` is the access-token lifetime. All
     three are plain attributes that may change while the servers run. ``imds_port`` and
-    ``ests_port`` pin the ports (0 = any free port). Use as a context manager or call
-    :meth:`start` and :meth:`stop`.
+    ``ests_port`` pin the ports (0 = any free port). ``require_attestation`` makes
+    issuecredential refuse a request without an attestation token, as IMDS does on hosts that
+    issue only to attested KeyGuard keys. Use as a context manager or call :meth:`start` and
+    :meth:`stop`.
     """
 
     def __init__(
@@ -56,10 +58,12 @@ class Emulator:
         *,
         imds_port: int = 0,
         ests_port: int = 0,
+        require_attestation: bool = False,
     ) -> None:
         self.host = host
         self._ports = (imds_port, ests_port)
         self._state = State(lifetime=lifetime, backdate=backdate, token_lifetime=token_lifetime)
+        self._state.require_attestation = require_attestation
         self._servers: list[Server] = []
         self._threads: list[threading.Thread] = []
         self._cleanup: weakref.finalize[..., Emulator] | None = None
@@ -103,6 +107,15 @@ class Emulator:
     @cuid.setter
     def cuid(self, value: Mapping[str, str]) -> None:
         self._state.cuid = dict(value)
+
+    @property
+    def require_attestation(self) -> bool:
+        """When true, issuecredential without ``attestation_token`` answers 400 as IMDS does."""
+        return self._state.require_attestation
+
+    @require_attestation.setter
+    def require_attestation(self, value: bool) -> None:
+        self._state.require_attestation = bool(value)
 
     @property
     def tenant_id(self) -> str:

@@ -53,6 +53,9 @@ class State:
         self.token_lifetime = token_lifetime
         self.tenant_id = TENANT_ID
         self.cuid: dict[str, str] = {"vmId": VM_ID, "vmssId": VMSS_ID}
+        # Act as a host whose IMDS issues only to attested KeyGuard keys: issuecredential
+        # without an attestation_token is refused (cross-SDK standard: no software keys yet).
+        self.require_attestation = False
         self.ests_url = ""
         self.faults = FaultQueues()
         self.stopping = threading.Event()
