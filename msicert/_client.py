@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +50,18 @@ def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: f
     waits = sum(max(d, policy.max_retry_after) for d in policy.delays)
     waits += policy.gone_retries * max(policy.gone_delay, policy.max_retry_after)
     return 2 * (tries * (connect_timeout + read_timeout) + waits * policy.scale)
+
+
+def _check_seconds(*, zero_ok: bool = False, **values: float | None) -> None:
+    """Every given duration must be a finite number of seconds (> 0, or >= 0 if ``zero_ok``):
+    a NaN or infinite timeout would silently disable the bound it names."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value)
+                and (value >= 0 if zero_ok else value > 0)):
+            raise ValueError(f"{name} must be a finite number of seconds "
+                             f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
 def _describe(exc: Exception) -> str:
@@ -126,6 +139,11 @@ class ManagedIdentityClient:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
+        _check_seconds(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                       lock_timeout=lock_timeout, deadline=deadline,
+                       renewal_deadline=renewal_deadline, ests_connect_timeout=ests_connect_timeout,
+                       ests_read_timeout=ests_read_timeout)
+        _check_seconds(zero_ok=True, renewal_backoff=renewal_backoff)
         self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
         self._store = store if store is not None else default_store(store_dir, store_location)
         self._imds_endpoint = imds_endpoint

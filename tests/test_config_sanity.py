@@ -85,3 +85,22 @@ def test_cli_with_a_relative_xdg_config_home_stores_under_home_not_the_working_d
     assert os.listdir(work) == []
     home_entry = tmp_path / "home" / ".config" / "msal" / "certs" / "msal_mtls.pem"
     assert home_entry.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("connect_timeout", float("nan")), ("read_timeout", float("inf")), ("read_timeout", 0.0),
+    ("deadline", -1.0), ("lock_timeout", float("nan")), ("renewal_deadline", float("inf")),
+    ("ests_read_timeout", -5.0), ("renewal_backoff", -1.0), ("renewal_backoff", float("nan")),
+])
+def test_client_refuses_durations_that_would_disable_their_bound(store_dir, option, value):
+    from msicert import ManagedIdentityClient
+
+    with pytest.raises(ValueError, match=f"{option} must be a finite number of seconds"):
+        ManagedIdentityClient(store_dir=store_dir, **{option: value})
+
+
+def test_client_accepts_a_zero_renewal_backoff(store_dir):
+    from msicert import ManagedIdentityClient
+
+    ManagedIdentityClient(store_dir=store_dir, renewal_backoff=0.0, deadline=None,
+                          lock_timeout=None)
