@@ -63,7 +63,7 @@ def _frames(exc: BaseException) -> Iterator[FrameType]:
 def _safe_repr(value: object) -> str:
     try:
         return repr(value)
-    except Exception as exc:
+    except Exception as exc:  # a broken repr is not what is being tested
         return f"<repr failed: {type(exc).__name__}>"
 
 
