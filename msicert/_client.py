@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -10,10 +11,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import _policy
-from ._errors import AttestationRequiredError, ImdsError, ImdsResponseError, MsiCertError
+from ._errors import (
+    AttestationRequiredError,
+    ImdsError,
+    ImdsResponseError,
+    MsiCertError,
+    StoreError,
+)
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
+from ._secret import Secret
 from ._store import CorruptEntry, Store, default_store
 
 if TYPE_CHECKING:
@@ -31,12 +39,54 @@ __all__ = ["ManagedIdentityClient"]
 log = logging.getLogger("msicert")
 
 ENV_ISSUER = "MSICERT_ISSUER"
+MINT_OVERHEAD = 30.0
+"""Seconds a mint may spend outside IMDS (key generation, CSR, attestation, store write): a
+lock waiter allows the holder its IMDS budget plus this."""
+
+
+def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: float) -> float:
+    """The longest the two IMDS calls of one mint can take under ``policy``.
+
+    Per call: every try allowed (1 + the normal retries + the retries after a 410) waits at
+    most connect + read timeout, and every retry wait is at most the larger of its scheduled
+    delay and the ``Retry-After`` cap, times ``scale``. Two calls (getplatformmetadata,
+    issuecredential). With the defaults: 2 x (11 x 12 s + (3 + 7) x 60 s) = 1464 s.
+    """
+    tries = 1 + len(policy.delays) + policy.gone_retries
+    waits = sum(max(d, policy.max_retry_after) for d in policy.delays)
+    waits += policy.gone_retries * max(policy.gone_delay, policy.max_retry_after)
+    return 2 * (tries * (connect_timeout + read_timeout) + waits * policy.scale)
+
+
+def _check_seconds(*, zero_ok: bool = False, **values: float | None) -> None:
+    """Every given duration must be a finite number of seconds (> 0, or >= 0 if ``zero_ok``):
+    a NaN or infinite timeout would silently disable the bound it names."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value)
+                and (value >= 0 if zero_ok else value > 0)):
+            raise ValueError(f"{name} must be a finite number of seconds "
+                             f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def _describe(exc: Exception) -> str:
+    """Type and, for errors whose text we control or know to be plain, the message.
+
+    An arbitrary exception's text may echo data we cannot vouch for (a library could quote
+    its input): only its type is shown.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, (MsiCertError, OSError, UnicodeError)):
+        return f"{name}: {exc}"
+    return name
 
 
 @dataclass(frozen=True)
 class _Minted:
     der: bytes
-    key_pem: bytes = field(repr=False)  # never in a repr: tracebacks with locals print reprs
+    # A Secret: reporters that capture locals repr objects and walk their __dict__.
+    key_pem: Secret[bytes] | bytes = field(repr=False)
     client_id: str
     tenant_id: str
     mtls_endpoint: str
@@ -56,10 +106,17 @@ class ManagedIdentityClient:
     issuer CN (default: ``$MSICERT_ISSUER``, then
     ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
     ``connect_timeout``/``read_timeout`` bound each IMDS request; ``deadline`` (seconds, default
-    none) bounds all the IMDS work of one call, retries included. A proactive renewal, made
+    none) bounds all the IMDS work of one call, retries included. Without ``deadline`` the IMDS
+    work of a mint is bounded by its worst case under the retry policy
+    (:func:`imds_worst_case`, 1464 s with the defaults). A proactive renewal, made
     while the caller still holds a valid certificate, is bounded by ``renewal_deadline``
     (default 10 s, or ``deadline`` when that is shorter): a hung IMDS never holds such a caller
     longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each ESTS request.
+
+    Waiting for another thread or process that holds the identity's lock lasts
+    :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
+    when that is longer. A waiter therefore never gives up on a holder (with the same settings)
+    that can still succeed; a dead holder releases the lock at once.
     """
 
     def __init__(
@@ -78,7 +135,7 @@ class ManagedIdentityClient:
         sleep: Callable[[float], None] = time.sleep,
         connect_timeout: float = 2.0,
         read_timeout: float = 10.0,
-        lock_timeout: float = 120.0,
+        lock_timeout: float | None = None,
         renewal_backoff: float = 30.0,
         deadline: float | None = None,
         renewal_deadline: float = 10.0,
@@ -88,6 +145,11 @@ class ManagedIdentityClient:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
+        _check_seconds(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                       lock_timeout=lock_timeout, deadline=deadline,
+                       renewal_deadline=renewal_deadline, ests_connect_timeout=ests_connect_timeout,
+                       ests_read_timeout=ests_read_timeout)
+        _check_seconds(zero_ok=True, renewal_backoff=renewal_backoff)
         self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
         self._store = store if store is not None else default_store(store_dir, store_location)
         self._imds_endpoint = imds_endpoint
@@ -95,6 +157,8 @@ class ManagedIdentityClient:
         self._imds_client: ImdsClient | None = None
         self._clock = clock
         self._lock_timeout = lock_timeout
+        self._retry_policy: RetryPolicy | None = None
+        self._busy_since: float | None = None  # when renewal first found the lock busy
         self._renewal_backoff = renewal_backoff
         self._deadline = deadline
         self._renewal_deadline = renewal_deadline
@@ -172,7 +236,7 @@ class ManagedIdentityClient:
     # --- minting -----------------------------------------------------------------------------
     def _mint_blocking(self) -> BindingCertificate:
         """No usable certificate: wait for the identity lock, re-check, mint if still needed."""
-        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+        with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             now = self._clock()
             cur = self._cert
             if cur is not None and cur.state(now) in (State.FRESH, State.RENEW):
@@ -195,15 +259,39 @@ class ManagedIdentityClient:
             return self._mint_locked()
 
     def _renew(self, cur: BindingCertificate, serve: BindingCertificate) -> BindingCertificate:
-        """Past renew_after but usable: renew now unless someone else is; never fail the caller."""
+        """Past renew_after but usable: renew now unless someone else is; never fail the caller.
+
+        While ``cur`` is usable, no Exception from the renewal reaches the caller, whatever
+        raised it (lock, store, IMDS, key generation, CSR encoding, CNG): it is logged at
+        WARNING with its type and the back-off applies. KeyboardInterrupt and SystemExit are
+        not Exceptions and still propagate.
+        """
         now = self._clock()
         if now < self._renew_not_before:
             return serve
-        with self._store.lock(self.identity, timeout=self._lock_timeout).hold(
+        try:
+            return self._try_renew(cur, serve, now)
+        except Exception as exc:
+            later = self._clock()
+            if cur.state(later) not in (State.FRESH, State.RENEW):
+                raise  # it expired while the renewal was failing: nothing usable is left
+            self._back_off(cur, later)
+            log.warning(
+                "renewal of certificate %s failed; keeping it (valid until %s): %s",
+                cur.x5t_s256, cur.not_after.isoformat(), _describe(exc),
+            )
+            return serve
+
+    def _try_renew(
+        self, cur: BindingCertificate, serve: BindingCertificate, now: float
+    ) -> BindingCertificate:
+        with self._store.lock(self.identity, timeout=self.lock_wait).hold(
             blocking=False
         ) as held:
             if not held:
+                self._lock_busy(now)
                 return serve  # another thread or process is renewing; keep the valid one
+            self._busy_since = None
             try:
                 entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
             except CorruptEntry:
@@ -212,20 +300,22 @@ class ManagedIdentityClient:
                     and entry.state(now) is State.FRESH):
                 self._remember(entry)
                 return entry
-            try:
-                log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
-                         self.identity.alias, cur.renew_after.isoformat())
-                return self._mint_locked(renewal=True)
-            except MsiCertError as exc:
-                later = self._clock()
-                if cur.state(later) not in (State.FRESH, State.RENEW):
-                    raise  # it expired while the renewal was failing: nothing usable is left
-                self._back_off(cur, later)
-                log.warning(
-                    "renewal of certificate %s failed; keeping it (valid until %s): %s",
-                    cur.x5t_s256, cur.not_after.isoformat(), exc,
-                )
-                return serve
+            log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
+                     self.identity.alias, cur.renew_after.isoformat())
+            return self._mint_locked(renewal=True)
+
+    def _lock_busy(self, now: float) -> None:
+        """Someone else holds the lock: normal while they renew, an error once that has lasted
+        longer than any mint can (the holder is hung, not dead: a dead one frees the lock)."""
+        if self._busy_since is None or now < self._busy_since:
+            self._busy_since = now
+            return
+        if now - self._busy_since > self.lock_wait:
+            self._busy_since = now
+            raise StoreError(
+                f"the lock for {self.identity.alias} has been held by another thread or process "
+                f"for more than {self.lock_wait:.0f} s, longer than any mint can take"
+            )
 
     def _back_off(self, cert: BindingCertificate, now: float) -> None:
         """No renewal attempt before min(renewal_backoff, an eighth of what is left)."""
@@ -237,21 +327,46 @@ class ManagedIdentityClient:
         if self._imds_client is None:
             from ._imds import ImdsClient
 
-            connect, read, retry, sleep = self._imds_options
+            connect, read, _, sleep = self._imds_options
             self._imds_client = ImdsClient(
                 self._imds_endpoint, connect_timeout=connect, read_timeout=read,
-                retry=retry, sleep=sleep,
+                retry=self._policy(), sleep=sleep,
             )
         return self._imds_client
+
+    def _policy(self) -> RetryPolicy:
+        if self._retry_policy is None:
+            from ._imds import RetryPolicy
+
+            self._retry_policy = self._imds_options[2] or RetryPolicy.from_env()
+        return self._retry_policy
+
+    @property
+    def mint_budget(self) -> float:
+        """Seconds the IMDS work of one blocking mint may take: ``deadline``, or else the
+        worst case of the retry policy and timeouts (:func:`imds_worst_case`)."""
+        if self._deadline is not None:
+            return self._deadline
+        connect, read, _, _ = self._imds_options
+        return imds_worst_case(self._policy(), connect, read)
+
+    @property
+    def lock_wait(self) -> float:
+        """Seconds a caller waits for the identity's lock before StoreError:
+        ``mint_budget + MINT_OVERHEAD``, or ``lock_timeout`` when that is longer, so a waiter
+        outlasts any holder with the same settings."""
+        derived = self.mint_budget + MINT_OVERHEAD
+        return derived if self._lock_timeout is None else max(derived, self._lock_timeout)
 
     def _mint_locked(self, *, renewal: bool = False) -> BindingCertificate:
         """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
         imds = self._imds()
-        budget = self._deadline
+        # Always bounded, so that lock waiters (who allow mint_budget + MINT_OVERHEAD) never
+        # give up on a holder that could still succeed.
+        budget = self.mint_budget
         if renewal:
-            budget = self._renewal_deadline if budget is None else min(budget,
-                                                                       self._renewal_deadline)
-        until = None if budget is None else time.monotonic() + budget
+            budget = min(budget, self._renewal_deadline)
+        until = time.monotonic() + budget
         meta = imds.get_platform_metadata(self.identity, deadline=until)
         key = self._store.generate_key(self.identity)
         try:
@@ -380,12 +495,12 @@ class ManagedIdentityClient:
         """Forget a certificate that the token leg proved unusable, in memory and store."""
         if self._cert is not None and self._cert.x5t_s256 == x5t_s256:
             self.forget()
-        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+        with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             if self._store.remove(self.identity, x5t_s256):
                 log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
 
     def purge(self) -> int:
         """Remove this identity's certificates from memory and store; return how many went."""
         self.forget()
-        with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
+        with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             return self._store.purge(self.identity)

@@ -58,10 +58,14 @@ class RetryPolicy:
         """Default policy, with ``MSICERT_IMDS_RETRY_SCALE`` applied when set."""
         raw = os.environ.get(ENV_RETRY_SCALE)
         try:
-            return cls(scale=float(raw)) if raw else cls()
+            scale = float(raw) if raw else 1.0
         except ValueError:
             log.warning("ignoring %s=%r: not a number", ENV_RETRY_SCALE, raw)
             return cls()
+        if not (math.isfinite(scale) and scale >= 0):  # a negative or NaN wait breaks sleep()
+            log.warning("ignoring %s=%r: not a finite number >= 0", ENV_RETRY_SCALE, raw)
+            return cls()
+        return cls(scale=scale)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ._csr import PSS_SALT_LENGTH
+from ._secret import Secret
 
 __all__ = ["SoftwareKey"]
 
@@ -41,13 +42,16 @@ class SoftwareKey:
         )
 
     @property
-    def key_pem(self) -> bytes:
-        """Unencrypted PKCS#8 PEM, written only into the 0600 store file."""
-        return self.private_key.private_bytes(
+    def key_pem(self) -> Secret[bytes]:
+        """Unencrypted PKCS#8 PEM, written only into the 0600 store file.
+
+        Wrapped from the moment it exists: a traceback that captures locals shows the Secret.
+        """
+        return Secret(self.private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ))
 
     def discard(self) -> None:
         """Nothing persisted outside the store file: nothing to delete."""

@@ -9,6 +9,7 @@ from typing import Protocol
 from ._errors import StoreError
 from ._identity import Identity
 from ._model import BindingCertificate
+from ._secret import Secret
 
 __all__ = ["CorruptEntry", "KeyMaterial", "NewEntry", "SingleFlightLock", "Store",
            "default_store"]
@@ -29,7 +30,7 @@ class NewEntry(Protocol):
     @property
     def der(self) -> bytes: ...
     @property
-    def key_pem(self) -> bytes: ...
+    def key_pem(self) -> Secret[bytes] | bytes: ...  # a Secret wherever a key is exportable
     @property
     def client_id(self) -> str: ...
     @property
@@ -79,7 +80,7 @@ class KeyMaterial(Protocol):
     @property
     def spki_der(self) -> bytes: ...
     @property
-    def key_pem(self) -> bytes: ...
+    def key_pem(self) -> Secret[bytes] | bytes: ...  # a Secret wherever a key is exportable
 
     def sign(self, data: bytes) -> bytes:
         """RSASSA-PSS, SHA-256, MGF1-SHA-256, salt 32 over ``data``."""

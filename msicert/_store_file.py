@@ -28,6 +28,7 @@ from ._errors import StoreError
 from ._identity import Identity
 from ._lock import IdentityLock
 from ._model import BindingCertificate, x5t_s256
+from ._secret import Secret
 from ._store import CorruptEntry, NewEntry
 
 if TYPE_CHECKING:
@@ -88,26 +89,60 @@ _PARSED_MAX = 64
 
 
 def default_directory() -> str:
-    """``$XDG_CONFIG_HOME/msal/certs`` or ``~/.config/msal/certs``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    """``$XDG_CONFIG_HOME/msal/certs`` or ``~/.config/msal/certs``.
+
+    A relative ``XDG_CONFIG_HOME`` is ignored with a warning: the XDG Base Directory spec says
+    such a value is invalid, and honouring it would put the store wherever the process happens
+    to run.
+    """
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if base and not os.path.isabs(base):
+        log.warning("ignoring XDG_CONFIG_HOME=%r: not an absolute path (the XDG Base Directory "
+                    "spec says to ignore it); using ~/.config", base)
+        base = None
+    base = base or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "msal", "certs")
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
+def _as_secret(value: Secret[bytes] | bytes) -> Secret[bytes]:
+    return value if isinstance(value, Secret) else Secret(value)
 
 
-def _block(data: bytes, begin: bytes, end: bytes, what: str, where: str) -> bytes | None:
-    start = data.find(begin)
+def _write_range(fd: int, data: Secret[bytes], start: int, stop: int) -> None:
+    # The bytes are revealed inside the call expression only: no local of this frame ever
+    # refers to them, so a traceback that captures locals shows the Secret, not the key.
+    while start < stop:
+        start += os.write(fd, memoryview(data.reveal())[start:stop])
+
+
+def _span(
+    data: Secret[bytes], begin: bytes, end: bytes, what: str, where: str
+) -> tuple[int, int] | None:
+    """Where the one ``begin``...``end`` block of ``data`` lies (None when there is none).
+
+    Offsets, not bytes: the caller slices, and wraps a key block in a Secret at once.
+    """
+    start = data.reveal().find(begin)
     if start < 0:
         return None
-    if data.find(begin, start + 1) >= 0:
+    if data.reveal().find(begin, start + 1) >= 0:
         raise CorruptEntry(f"more than one {what}", location=where)
-    stop = data.find(end, start)
+    stop = data.reveal().find(end, start)
     if stop < 0:
         raise CorruptEntry(f"truncated {what}", location=where)
-    return data[start : stop + len(end)]
+    return start, stop + len(end)
+
+
+def _block(data: Secret[bytes], begin: bytes, end: bytes, what: str, where: str) -> bytes | None:
+    """The one public (certificate) block of ``data``; see :func:`_span`."""
+    span = _span(data, begin, end, what, where)
+    return None if span is None else data.reveal()[span[0] : span[1]]
+
+
+def _head(data: Secret[bytes]) -> bytes:
+    """The metadata lines: everything before the first PEM block (so never the key)."""
+    end = data.reveal().find(b"-----BEGIN")
+    return data.reveal()[: end if end >= 0 else len(data)]
 
 
 class FileStore:
@@ -117,12 +152,24 @@ class FileStore:
         self.directory = os.path.abspath(directory or default_directory())
         self.description = self.directory
         self._dir_checked = False
+        self._dir_id: tuple[int, int] | None = None  # (st_dev, st_ino) of what was checked
 
     # --- directory -----------------------------------------------------------------------
     def ensure_directory(self) -> None:
-        """Create the directory 0700, or refuse/tighten an existing one. Idempotent."""
+        """Create the directory 0700, or refuse/tighten an existing one. Idempotent.
+
+        The read path calls this: once checked, it costs nothing. Every write and every lock
+        checks again (:meth:`_recheck_directory`), so a directory removed or replaced under a
+        long-lived client is recreated or refused there.
+        """
         if self._dir_checked:
             return
+        self._recheck_directory()
+
+    def _recheck_directory(self) -> None:
+        """The full check, whatever was checked before: recreate a missing directory 0700,
+        refuse a symlink, a non-directory, another user's directory or one whose owner lacks
+        rwx, and take group/other bits off one that has them."""
         try:
             self._ensure_directory()
         except OSError as exc:
@@ -133,6 +180,8 @@ class FileStore:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
+            if self._dir_checked:
+                log.info("store directory %s disappeared; recreating it", path)
             parent = os.path.dirname(path)
             os.makedirs(parent, mode=0o700, exist_ok=True)
             with contextlib.suppress(FileExistsError):
@@ -144,11 +193,22 @@ class FileStore:
             raise StoreError(f"refusing store directory {path}: not a directory")
         if _foreign_owner(st):
             raise StoreError(f"refusing store directory {path}: {_foreign_owner(st)}")
-        if _POSIX and stat.S_IMODE(st.st_mode) != 0o700:
-            log.warning(
-                "store directory %s had mode %o; tightening to 0700", path, stat.S_IMODE(st.st_mode)
+        mode = stat.S_IMODE(st.st_mode)
+        if _POSIX and mode & 0o700 != 0o700:
+            # Adding bits would override a choice someone made on purpose (a read-only store);
+            # msicert only ever takes permissions away.
+            raise StoreError(
+                f"refusing store directory {path}: mode {mode:04o} denies its owner "
+                f"read, write or search; msicert never widens a mode (chmod 700 {path})"
             )
-            os.chmod(path, 0o700)
+        if _POSIX and mode & 0o077:
+            log.warning("store directory %s had mode %04o; removing group/other permissions "
+                        "(tightening to 0700)", path, mode)
+            os.chmod(path, mode & 0o700)
+        ident = (st.st_dev, st.st_ino)
+        if self._dir_id is not None and ident != self._dir_id:
+            log.info("store directory %s was replaced since it was last checked", path)
+        self._dir_id = ident
         self._dir_checked = True
 
     def path_for(self, identity: Identity) -> str:
@@ -158,8 +218,9 @@ class FileStore:
 
     def lock(self, identity: Identity, *, timeout: float) -> IdentityLock:
         """The single-flight lock for ``identity``: a lock file beside the entry (never deleted,
-        so two processes can never lock different inodes)."""
-        self.ensure_directory()
+        so two processes can never lock different inodes). The directory is checked again
+        first: a mint always follows, and it must not fail on a directory removed meanwhile."""
+        self._recheck_directory()
         return IdentityLock(self.path_for(identity)[: -len(".pem")] + ".lock", timeout=timeout)
 
     def generate_key(self, identity: Identity) -> SoftwareKey:
@@ -188,10 +249,10 @@ class FileStore:
             if _foreign_owner(st):
                 raise CorruptEntry(f"entry is {_foreign_owner(st)}", location=path)
             if _POSIX and stat.S_IMODE(st.st_mode) & 0o077:
-                log.warning("store entry %s had mode %o; tightening to 0600", path,
-                            stat.S_IMODE(st.st_mode))
-                _fchmod(fd, 0o600)
-            data = os.read(fd, MAX_ENTRY_BYTES + 1)
+                log.warning("store entry %s had mode %04o; removing group/other permissions",
+                            path, stat.S_IMODE(st.st_mode))
+                _fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)  # only ever take bits away
+            data = Secret(os.read(fd, MAX_ENTRY_BYTES + 1))  # holds the private key
         except CorruptEntry:
             raise
         except OSError as exc:
@@ -201,7 +262,7 @@ class FileStore:
         # Content-addressed: the same bytes always parse to the same (immutable) entry, so a
         # new client reading an unchanged file skips the parse. Any change to the file misses.
         # Keyed by a digest, so these process-wide memos never hold private-key bytes.
-        key = (hashlib.sha256(data).digest(), identity, issuer_cn.lower(), path)
+        key = (hashlib.sha256(data.reveal()).digest(), identity, issuer_cn.lower(), path)
         hit = _parsed.get(key)
         if hit is not None:
             return hit
@@ -213,20 +274,26 @@ class FileStore:
         return entry
 
     def parse(
-        self, data: bytes, identity: Identity, *, issuer_cn: str, location: str
+        self, data: Secret[bytes] | bytes, identity: Identity, *, issuer_cn: str, location: str
     ) -> BindingCertificate:
-        """Parse and check one entry's bytes; CorruptEntry says why it cannot be used."""
+        """Parse and check one entry's bytes; CorruptEntry says why it cannot be used.
+
+        The bytes hold the private key: they stay in a Secret (plain bytes are wrapped at once)
+        and only the certificate block is ever sliced out as plain bytes.
+        """
+        data = _as_secret(data)
         if not data:
             raise CorruptEntry("empty file", location=location)
         if len(data) > MAX_ENTRY_BYTES:
             raise CorruptEntry(f"larger than {MAX_ENTRY_BYTES} bytes", location=location)
-        meta = self._header(data, location)
+        meta = self._header(_head(data), location)
         cert_block = _block(data, _CERT_BEGIN, _CERT_END, "certificate", location)
-        key_block = _block(data, _KEY_BEGIN, _KEY_END, "private key", location)
+        key_span = _span(data, _KEY_BEGIN, _KEY_END, "private key", location)
         if cert_block is None:
             raise CorruptEntry("no certificate", location=location)
-        if key_block is None:
+        if key_span is None:
             raise CorruptEntry("certificate without private key", location=location)
+        key_block = Secret(data.reveal()[key_span[0] : key_span[1]])
         try:
             der = binascii.a2b_base64(cert_block[len(_CERT_BEGIN) : -len(_CERT_END)])
             cert = _policy.load_certificate(der)  # every lazily parsed part, checked now
@@ -241,7 +308,7 @@ class FileStore:
             store=location, cert_pem=cert_block,
         )
         # Subject/issuer and key/cert checks depend only on these bytes: once per process.
-        marker = (entry.x5t_s256, hashlib.sha256(key_block).digest(), identity.alias,
+        marker = (entry.x5t_s256, hashlib.sha256(key_block.reveal()).digest(), identity.alias,
                   issuer_cn.lower())
         if marker not in _verified:
             why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
@@ -272,13 +339,13 @@ class FileStore:
         return meta
 
     @staticmethod
-    def _check_key(entry: BindingCertificate, key_block: bytes, location: str) -> None:
+    def _check_key(entry: BindingCertificate, key_block: Secret[bytes], location: str) -> None:
         """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         try:
             key = serialization.load_pem_private_key(
-                key_block, None, unsafe_skip_rsa_key_validation=True
+                key_block.reveal(), None, unsafe_skip_rsa_key_validation=True
             )
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CorruptEntry("unparsable private key", location=location) from exc
@@ -293,7 +360,7 @@ class FileStore:
     # --- write -----------------------------------------------------------------------------
     def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
         """Atomically replace the identity's entry (call with the identity lock held)."""
-        self.ensure_directory()
+        self._recheck_directory()
         values = {
             "identity": identity.alias, "client_id": entry.client_id,
             "tenant_id": entry.tenant_id, "mtls_endpoint": entry.mtls_endpoint,
@@ -311,7 +378,7 @@ class FileStore:
             raise StoreError("refusing to store an unparsable certificate") from exc
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
         try:
-            data = header.encode("utf-8") + entry.key_pem + cert_pem
+            data = Secret(header.encode("utf-8") + _as_secret(entry.key_pem).reveal() + cert_pem)
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800"
             raise StoreError("refusing to store metadata that is not valid Unicode") from exc
         path = self.path_for(identity)
@@ -320,7 +387,7 @@ class FileStore:
         self._atomic_write(path, data)
         return stored
 
-    def _atomic_write(self, path: str, data: bytes) -> None:
+    def _atomic_write(self, path: str, data: Secret[bytes]) -> None:
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-" \
               f"{os.urandom(4).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW | _O_CLOEXEC
@@ -332,9 +399,9 @@ class FileStore:
             try:
                 _fchmod(fd, 0o600)  # whatever the umask said
                 half = len(data) // 2
-                _write_all(fd, memoryview(data)[:half])
+                _write_range(fd, data, 0, half)
                 _crash_point("temp-half-written")
-                _write_all(fd, memoryview(data)[half:])
+                _write_range(fd, data, half, len(data))
                 os.fsync(fd)
                 _crash_point("temp-synced")
             finally:
@@ -376,7 +443,7 @@ class FileStore:
     # --- remove ----------------------------------------------------------------------------
     def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
         """Delete the entry (if ``x5t_s256`` is given, only while it still holds that cert)."""
-        self.ensure_directory()
+        self._recheck_directory()
         path = self.path_for(identity)
         if x5t_s256 is not None and self._x5t_at(path) != x5t_s256:
             return False
@@ -394,7 +461,7 @@ class FileStore:
         """Thumbprint of the certificate currently in ``path`` (None if absent or unreadable)."""
         try:
             with open(path, "rb", opener=_nofollow) as f:
-                data = f.read(MAX_ENTRY_BYTES + 1)
+                data = Secret(f.read(MAX_ENTRY_BYTES + 1))
             block = _block(data, _CERT_BEGIN, _CERT_END, "certificate", path)
             if block is None:
                 return None
@@ -404,7 +471,7 @@ class FileStore:
 
     def purge(self, identity: Identity) -> int:
         """Remove the identity's entry and its stray temp files."""
-        self.ensure_directory()
+        self._recheck_directory()
         path = self.path_for(identity)
         self._sweep(path)
         return 1 if self.remove(identity) else 0

@@ -171,3 +171,72 @@ def test_sigkill_at_random_instants_never_tears_the_store(emu, store_dir):
                            cwd=str(ROOT), timeout=60)
     assert final.returncode == 0, final.stderr
     assert _assert_store_usable(store_dir) is not None
+
+
+# --- issue 11 point 8: the lock wait outlasts any holder with the same settings -------------
+
+TIMED_CLIENT = r"""
+import json, sys, time
+from msicert import ManagedIdentityClient
+c = ManagedIdentityClient(store_dir=sys.argv[1], imds_endpoint=sys.argv[2],
+                          connect_timeout=1.0, read_timeout=4.0, lock_timeout=0.5)
+print("ready", flush=True)
+start = time.monotonic()
+cert = c.get_certificate()
+print(json.dumps({"x5t": cert.x5t_s256, "source": cert.source,
+                  "took": time.monotonic() - start,
+                  "lock_wait": getattr(c, "lock_wait", None)}), flush=True)
+"""
+
+
+def _timed_client(store_dir, emu):
+    return subprocess.Popen([sys.executable, "-c", TIMED_CLIENT, store_dir, emu.imds_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), cwd=str(ROOT))
+
+
+def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its_certificate(
+        emu, store_dir):
+    emu.inject("issuecredential", Fault(delay=2.5))  # the holder stalls inside its mint
+    holder = _timed_client(store_dir, emu)
+    deadline = time.time() + 30
+    while emu.count("issuecredential") < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert emu.count("issuecredential") == 1  # lock held, mint under way
+    waiter = _timed_client(store_dir, emu)
+    assert waiter.stdout.readline().strip() == "ready"
+    h_out, h_err = holder.communicate(timeout=60)
+    w_out, w_err = waiter.communicate(timeout=60)
+    assert holder.returncode == 0, h_err
+    assert waiter.returncode == 0, w_err  # before: StoreError after lock_timeout=0.5 s
+    held = json.loads(h_out.splitlines()[-1])
+    waited = json.loads(w_out.splitlines()[-1])
+    assert held["source"] == "imds" and waited["source"] == "store"
+    assert waited["x5t"] == held["x5t"]
+    assert waited["took"] > 1.0  # it waited past twice the lock_timeout it was given
+    assert waited["lock_wait"] == pytest.approx(2 * (11 * 5.0 + 600 * 0.001) + 30.0)
+    assert emu.count("issuecredential") == 1 and emu.count("getplatformmetadata") == 1
+
+
+def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
+    from msicert import ManagedIdentityClient
+    from msicert._client import MINT_OVERHEAD, imds_worst_case
+    from msicert._imds import RetryPolicy
+
+    assert MINT_OVERHEAD == 30.0
+    # 2 calls x (11 tries x (2 + 10 s) + (3 + 7) waits x the 60 s Retry-After cap)
+    assert imds_worst_case(RetryPolicy(), 2.0, 10.0) == 1464.0
+    assert imds_worst_case(RetryPolicy(delays=(), gone_retries=0), 1.0, 2.0) == 6.0
+    monkeypatch.delenv("MSICERT_IMDS_RETRY_SCALE")
+    default = ManagedIdentityClient(store_dir=store_dir)
+    assert (default.mint_budget, default.lock_wait) == (1464.0, 1494.0)
+    monkeypatch.setenv("MSICERT_IMDS_RETRY_SCALE", "0.001")
+    scaled = make_client(connect_timeout=1.0, read_timeout=4.0, lock_timeout=0.5)
+    assert scaled.mint_budget == pytest.approx(2 * (11 * 5.0 + 600 * 0.001))
+    assert scaled.lock_wait == pytest.approx(scaled.mint_budget + MINT_OVERHEAD)
+    bounded = make_client(deadline=20.0)
+    assert (bounded.mint_budget, bounded.lock_wait) == (20.0, 50.0)
+    patient = make_client(deadline=20.0, lock_timeout=600.0)
+    assert patient.lock_wait == 600.0  # lock_timeout only ever lengthens the wait
+    assert make_client(retry=RetryPolicy(scale=0.0), connect_timeout=1.0,
+                       read_timeout=1.0).mint_budget == 2 * 11 * 2.0
