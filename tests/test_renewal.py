@@ -273,8 +273,11 @@ def test_non_ascii_tenant_id_from_imds_during_renewal_keeps_the_valid_certificat
     }).encode()
     emu.inject("getplatformmetadata", Fault(status=200, body=body))
     # Without validation of identity fields the CSR's IA5String encoder raises
-    # UnicodeEncodeError; with it, ImdsResponseError. Either way nothing may escape.
-    _failed_renewal_keeps_it(c, old, caplog, "UnicodeEncodeError", "ImdsResponseError")
+    # UnicodeEncodeError or the CSR encoder's ValueError; with it, ImdsResponseError. Either way
+    # nothing may escape.
+    _failed_renewal_keeps_it(
+        c, old, caplog, "UnicodeEncodeError", "ValueError", "ImdsResponseError"
+    )
     assert emu.count("getplatformmetadata") == 1 and emu.count("issuecredential") == 0
     _backs_off_then_renews(c, old, emu, clock, caplog)
     assert emu.count("issuecredential") == 1
