@@ -338,7 +338,8 @@ class ManagedIdentityClient:
             raise ImdsResponseError("issued certificate does not carry our public key", step=step)
         why = _policy.identity_mismatch(
             cert, self.identity, issuer_cn=self.issuer_cn,
-            client_id=meta.client_id, tenant_id=meta.tenant_id,
+            client_id=(meta.client_id, issued.client_id),
+            tenant_id=(meta.tenant_id, issued.tenant_id),
         )
         if why:
             raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)
