@@ -496,8 +496,9 @@ def _read_capped(resp: urllib3.BaseHTTPResponse, deadline: float | None) -> byte
     return b"".join(parts)
 
 
-def _retry_after(value: str | None) -> float:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date); 0 if unusable."""
+def _retry_after(value: str | None, cap: float = math.inf) -> float:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), at most ``cap``;
+    0 if unusable."""
     if not value:
         return 0.0
     value = value.strip()
@@ -513,7 +514,7 @@ def _retry_after(value: str | None) -> float:
         seconds = when.timestamp() - time.time()
     if not math.isfinite(seconds):
         return 0.0
-    return max(seconds, 0.0)
+    return min(max(seconds, 0.0), cap)
 
 
 def _failure(
