@@ -405,6 +405,10 @@ class ImdsClient:
                 _watch.deadline = None
             if status == 200:
                 return status, resp_headers, data, cid
+            if status is None and deadline is not None and time.monotonic() >= deadline:
+                # The watchdog shut the socket down (or a timeout met the deadline): say so.
+                raise ImdsError(f"IMDS {step} did not succeed within the deadline "
+                                f"({transport_error})", step=step, correlation_id=cid)
             if budget is None:
                 budget = policy.gone_retries if status == _GONE else policy.retries
             if not retryable or retry >= budget:

@@ -382,4 +382,5 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
     finally:
         server.close()
     assert isinstance(error, ImdsError) and elapsed < 0.5 + SLACK
+    assert "deadline" in str(error)  # the watchdog shut the socket down at the deadline
 
