@@ -217,7 +217,8 @@ class Replay:
 
     def _certificate(self, request_body: bytes, doc: dict[str, str]) -> str:
         csr = x509.load_der_x509_csr(base64.b64decode(json.loads(request_body)["csr"]))
-        subject = csr.subject if self.subject == "csr" else dc_cn(doc["tenant_id"], SAMI_CN)
+        subject = {"csr": csr.subject, "sami": dc_cn(doc["tenant_id"], SAMI_CN),
+                   "issued": dc_cn(doc["tenant_id"], doc["client_id"])}[self.subject]
         return base64.b64encode(issue_over(csr.public_key(), subject, self.issuer_cn)).decode()
 
     def close(self) -> None:
@@ -322,3 +323,18 @@ def test_error_payloads_replayed_end_to_end(replay, store_dir, name, waits_expec
     assert type(info.value) is ImdsError and info.value.status == g["status"]
     assert sum(q["step"] == g["endpoint"] for q in r.requests) == g["expect"]["attempts"]
     assert waits == waits_expected
+
+
+def test_a_cn_naming_the_issuecredential_client_id_is_accepted_and_reloads(replay, store_dir):
+    # MSAL.NET takes issuecredential's client_id as the canonical one; here it differs from
+    # getplatformmetadata's (Go fixture, client_id changed) and the certificate's CN names it.
+    issue = golden("go_issuecredential.json")
+    canonical = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    issue["body"] = issue["body"].replace("8c8a1b0a-4d40-4d9e-9a4f-1f2a3b4c5d6e", canonical)
+    r = replay({"getplatformmetadata": [golden("go_getplatformmetadata.json")],
+                "issuecredential": [issue]}, subject="issued", issuer_cn="imds-test-ca")
+    waits: list[float] = []
+    cert = _client(r, store_dir, waits, issuer="imds-test-ca").get_certificate()
+    assert cert.client_id == canonical and f"CN={canonical}" in cert.subject
+    again = _client(replay({}), store_dir, waits, issuer="imds-test-ca").get_certificate()
+    assert again.source == "store" and again.x5t_s256 == cert.x5t_s256
