@@ -47,14 +47,13 @@ lock waiter allows the holder its IMDS budget plus this."""
 def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: float) -> float:
     """The longest the two IMDS calls of one mint can take under ``policy``.
 
-    Per call: every try allowed (1 + the normal retries + the retries after a 410) waits at
-    most connect + read timeout, and every retry wait is at most the larger of its scheduled
-    delay and the ``Retry-After`` cap, times ``scale``. Two calls (getplatformmetadata,
-    issuecredential). With the defaults: 2 x (11 x 12 s + (3 + 7) x 60 s) = 1464 s.
+    Per call: every try the larger budget allows (1 + the retries after a 410) waits at most
+    connect + read timeout, and all retry waits together are capped at ``max_total_wait``
+    (Retry-After included), times ``scale``. Two calls (getplatformmetadata, issuecredential).
+    With the defaults: 2 x (8 x 12 s + 70 s) = 332 s.
     """
-    tries = 1 + len(policy.delays) + policy.gone_retries
-    waits = sum(max(d, policy.max_retry_after) for d in policy.delays)
-    waits += policy.gone_retries * max(policy.gone_delay, policy.max_retry_after)
+    tries = 1 + max(policy.retries, policy.gone_retries)
+    waits = policy.max_total_wait
     return 2 * (tries * (connect_timeout + read_timeout) + waits * policy.scale)
 
 
@@ -108,7 +107,7 @@ class ManagedIdentityClient:
     ``connect_timeout``/``read_timeout`` bound each IMDS request; ``deadline`` (seconds, default
     none) bounds all the IMDS work of one call, retries included. Without ``deadline`` the IMDS
     work of a mint is bounded by its worst case under the retry policy
-    (:func:`imds_worst_case`, 1464 s with the defaults). A proactive renewal, made
+    (:func:`imds_worst_case`, 332 s with the defaults). A proactive renewal, made
     while the caller still holds a valid certificate, is bounded by ``renewal_deadline``
     (default 10 s, or ``deadline`` when that is shorter): a hung IMDS never holds such a caller
     longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each ESTS request.
@@ -462,7 +461,8 @@ class ManagedIdentityClient:
             raise ImdsResponseError("issued certificate does not carry our public key", step=step)
         why = _policy.identity_mismatch(
             cert, self.identity, issuer_cn=self.issuer_cn,
-            client_id=meta.client_id, tenant_id=meta.tenant_id,
+            client_id=(meta.client_id, issued.client_id),
+            tenant_id=(meta.tenant_id, issued.tenant_id),
         )
         if why:
             raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import json
 import logging
 import math
 import os
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -40,32 +43,58 @@ ENV_IMDS = "AZURE_POD_IDENTITY_AUTHORITY_HOST"
 ENV_RETRY_SCALE = "MSICERT_IMDS_RETRY_SCALE"
 _API = "cred-api-version=2.0"
 _MAX_BODY = 1 << 20  # IMDS answers are a few KiB; refuse to buffer more
-_RETRIED = frozenset({404, 408, 429}) | frozenset(range(500, 600))
+# HttpRetryConditions.Imds: 404, 408, 410, 429 and every 5xx; of transport failures only a
+# timeout (TaskCanceledException in .NET), never a refused or reset connection.
+_RETRIED = frozenset({404, 408, 410, 429}) | frozenset(range(500, 600))
+_GONE = 410
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """imds-v2-protocol.md section 5; ``scale`` shrinks every wait (tests, emulator runs)."""
+    """MSAL.NET's ImdsRetryPolicy; ``scale`` shrinks every wait (tests, emulator runs).
 
-    delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    The first answer fixes the budget: a 410 allows ``gone_retries`` (7) retries, anything
+    else ``retries`` (3). A 410 waits ``gone_delay`` (10 s); any other answer waits
+    ``backoff(n)`` before retry n+1: 1, 2, 4, 4, ... s. A ``Retry-After`` may stretch one
+    wait, but never so far that the whole call could wait longer than ``max_total_wait``, the
+    reference's own worst case (7 x 10 s = 70 s).
+    """
+
+    retries: int = 3
     gone_retries: int = 7
     gone_delay: float = 10.0
-    max_retry_after: float = 60.0
+    min_backoff: float = 1.0
+    max_backoff: float = 4.0
+    delta_backoff: float = 2.0
     scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"retry scale must be a finite number >= 0, got {self.scale!r}")
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        """Default policy, with ``MSICERT_IMDS_RETRY_SCALE`` applied when set."""
+        """Default policy, with ``MSICERT_IMDS_RETRY_SCALE`` applied when set (a finite
+        number >= 0; anything else is ignored with a warning)."""
         raw = os.environ.get(ENV_RETRY_SCALE)
-        try:
-            scale = float(raw) if raw else 1.0
-        except ValueError:
-            log.warning("ignoring %s=%r: not a number", ENV_RETRY_SCALE, raw)
+        if not raw:
             return cls()
-        if not (math.isfinite(scale) and scale >= 0):  # a negative or NaN wait breaks sleep()
+        try:
+            return cls(scale=float(raw))
+        except ValueError:
             log.warning("ignoring %s=%r: not a finite number >= 0", ENV_RETRY_SCALE, raw)
             return cls()
-        return cls(scale=scale)
+
+    def backoff(self, retry: int) -> float:
+        """Unscaled wait before retry ``retry + 1`` after an answer other than 410."""
+        if retry <= 0:
+            return self.min_backoff
+        return min(self.delta_backoff * 2.0 ** (retry - 1), self.max_backoff)
+
+    @property
+    def max_total_wait(self) -> float:
+        """Unscaled worst case of all waits of one call in the reference (70 s)."""
+        return max(self.retries, self.gone_retries) * max(self.gone_delay, self.max_backoff)
 
 
 @dataclass(frozen=True)
@@ -124,6 +153,69 @@ def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
     return value.strip()
 
 
+# Printable ASCII and beyond, no control characters (a line break would split a store header).
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# A tenant as the authority takes it: a GUID, or a DNS name (contoso.onmicrosoft.com). Either
+# is safe in a URL path segment and as the CSR's IA5String DC; nothing else is accepted.
+_TENANT_DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                            r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _client_id(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
+    value = _require_str(doc, name, step, cid)
+    if not is_guid(value):
+        raise ImdsResponseError(f"IMDS {step} {name} is not a GUID", step=step,
+                                correlation_id=cid)
+    return value
+
+
+def _tenant_id(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
+    value = _require_str(doc, name, step, cid)
+    if not (is_guid(value) or _TENANT_DOMAIN.fullmatch(value)):
+        raise ImdsResponseError(
+            f"IMDS {step} {name} is neither a GUID nor a tenant domain name", step=step,
+            correlation_id=cid)
+    return value
+
+
+def mtls_endpoint(raw: str, cid: str = "") -> str:
+    """The ESTS mTLS base URL from ``mtls_authentication_endpoint``, always https.
+
+    A bare ``host[:port]`` gets ``https://`` (as MSAL Go does); ``http://`` and anything that
+    is not a plain https origin with an optional path (userinfo, query, fragment, backslash,
+    control characters) is refused with ImdsResponseError. The path is kept, as MSAL.NET
+    keeps it (it appends ``/<tenant>``)."""
+    step = "issuecredential"
+    text = raw.strip().rstrip("/")
+
+    def refuse(why: str) -> ImdsResponseError:
+        return ImdsResponseError(f"mtls_authentication_endpoint {why}", step=step,
+                                 correlation_id=cid)
+
+    if "\\" in text or not text.isprintable() or " " in text:
+        raise refuse("holds a backslash, a space or a control character")
+    if "://" not in text:
+        text = "https://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise refuse("is not a URL") from exc
+    if parts.scheme.lower() == "http":
+        raise refuse("is plain http: the token leg must use https (mTLS)")
+    if parts.scheme.lower() != "https":
+        raise refuse(f"has scheme {parts.scheme!r}, not https")
+    if not parts.hostname:
+        raise refuse("names no host")
+    if "@" in parts.netloc:
+        raise refuse("carries userinfo")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise refuse("carries a query or fragment")
+    if port is None and parts.netloc.rsplit("]", 1)[-1].count(":"):
+        raise refuse("has a malformed port")
+    return f"https://{parts.netloc}{parts.path}"
+
+
 def _is_absolute_url(text: str, schemes: tuple[str, ...]) -> bool:
     try:
         parts = urlsplit(text)
@@ -163,16 +255,14 @@ def parse_platform_metadata(
             step=step, status=200, correlation_id=cid,
         )
     doc = _json_object(body, step, cid)
-    client_id = _require_str(doc, "clientId", step, cid)
-    if not is_guid(client_id):
-        raise ImdsResponseError("clientId is not a GUID", step=step, correlation_id=cid)
-    tenant_id = _require_str(doc, "tenantId", step, cid)
+    client_id = _client_id(doc, "clientId", step, cid)
+    tenant_id = _tenant_id(doc, "tenantId", step, cid)
     raw_cuid = doc.get("cuId")
     cuid = {}
     if isinstance(raw_cuid, dict):
         cuid = {
             k: v for k in ("vmId", "vmssId")
-            if isinstance(v := raw_cuid.get(k), str) and v
+            if isinstance(v := raw_cuid.get(k), str) and v and _PRINTABLE.fullmatch(v)
         }
     if not cuid:
         raise ImdsResponseError(
@@ -206,6 +296,11 @@ def parse_issued_credential(
         for name in ("client_id", "tenant_id", "certificate", "identity_type",
                      "mtls_authentication_endpoint")
     }
+    fields["client_id"] = _client_id(doc, "client_id", step, cid)
+    fields["tenant_id"] = _tenant_id(doc, "tenant_id", step, cid)
+    if not _PRINTABLE.fullmatch(fields["identity_type"]):
+        raise ImdsResponseError("identity_type holds control characters",
+                                step=step, correlation_id=cid)
     try:
         der = base64.b64decode(fields["certificate"], validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -218,11 +313,7 @@ def parse_issued_credential(
         raise ImdsResponseError(
             "issued certificate is not DER X.509", step=step, correlation_id=cid
         ) from exc
-    endpoint = fields["mtls_authentication_endpoint"].rstrip("/")
-    if not _is_absolute_url(endpoint, ("https",)):
-        raise ImdsResponseError(
-            "mtls_authentication_endpoint is not an https URL", step=step, correlation_id=cid
-        )
+    endpoint = mtls_endpoint(fields["mtls_authentication_endpoint"], cid)
     return IssuedCredential(
         fields["client_id"], fields["tenant_id"], der, fields["identity_type"], endpoint
     )
@@ -251,9 +342,7 @@ class ImdsClient:
 
     def _http(self) -> urllib3.PoolManager:
         if self._pool is None:
-            import urllib3  # deferred: `import msicert` stays cheap
-
-            self._pool = urllib3.PoolManager(retries=False, maxsize=4)
+            self._pool = _watched_pool_manager()
         return self._pool
 
     def _url(self, name: str, identity: Identity) -> str:
@@ -268,16 +357,18 @@ class ImdsClient:
 
         Only a 200 returns; its body is at most ``_MAX_BODY + 1`` bytes (the parsers refuse
         the extra byte). ``deadline`` (``time.monotonic()`` value) bounds the whole call:
-        timeouts shrink to the time left and no retry starts that could not finish in it."""
+        timeouts shrink to the time left, a watchdog shuts the socket down when it passes
+        (headers trickled a byte at a time included), and no retry starts that could not
+        finish in it."""
         import urllib3
 
         cid = str(uuid.uuid4())
-        headers = {"Metadata": "true", "x-ms-client-request-id": cid}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
+        headers = request_headers(cid, with_body=body is not None)
         timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout)
         policy = self.retry
-        normal_left, gone_left = len(policy.delays), policy.gone_retries
+        budget: int | None = None  # fixed by the first answer, as the reference does
+        waited = 0.0  # unscaled
+        retry = 0
         status: int | None = None
         data = b""
         while True:
@@ -289,6 +380,7 @@ class ImdsClient:
                                     body_excerpt=_excerpt(data, redact), correlation_id=cid)
                 timeout = urllib3.Timeout(connect=min(self.connect_timeout, left),
                                           read=min(self.read_timeout, left))
+            _watch.deadline = deadline
             try:
                 resp = self._http().request(
                     method, url, body=body, headers=headers, timeout=timeout,
@@ -304,38 +396,42 @@ class ImdsClient:
                 data = body_read
                 status, resp_headers = resp.status, {k.lower(): v for k, v in resp.headers.items()}
                 transport_error: str | None = None
+                retryable = status in _RETRIED
             except urllib3.exceptions.HTTPError as exc:
                 status, resp_headers, data = None, {}, b""
                 transport_error = type(exc).__name__
+                retryable = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                    exc, urllib3.exceptions.NewConnectionError)
+            finally:
+                _watch.deadline = None
             if status == 200:
                 return status, resp_headers, data, cid
-            retryable = status is None or status in _RETRIED or status == 410
-            if status == 410 and gone_left > 0:
-                gone_left -= 1
-                wait = policy.gone_delay
-            elif retryable and status != 410 and normal_left > 0:
-                wait = policy.delays[len(policy.delays) - normal_left]
-                normal_left -= 1
-            else:
-                what = f"failed ({transport_error})" if status is None else "failed"
-                cls = MsiV2UnavailableError if (step == "getplatformmetadata" and status == 404) \
-                    else ImdsError
-                msg = (
-                    "MSI v2 not available on this host (IMDS v1 only?): getplatformmetadata "
-                    "answered 404" if cls is MsiV2UnavailableError else f"IMDS {step} {what}"
-                )
-                raise cls(msg, step=step, status=status, body_excerpt=_excerpt(data, redact),
-                          correlation_id=cid)
-            retry_after = _retry_after(resp_headers.get("retry-after"), policy.max_retry_after)
-            wait = max(wait, retry_after) * policy.scale
+            if status is None and deadline is not None and time.monotonic() >= deadline:
+                # The watchdog shut the socket down (or a timeout met the deadline): say so.
+                raise ImdsError(f"IMDS {step} did not succeed within the deadline "
+                                f"({transport_error})", step=step, correlation_id=cid)
+            if budget is None:
+                budget = policy.gone_retries if status == _GONE else policy.retries
+            if not retryable or retry >= budget:
+                raise _failure(step, status, transport_error, data, redact, cid)
+            scheduled = policy.gone_delay if status == _GONE else policy.backoff(retry)
+            # Every retry still to come may need a full 410 wait: keep room for them.
+            reserve = (budget - retry - 1) * policy.gone_delay
+            room = policy.max_total_wait - waited - reserve
+            asked = _retry_after(resp_headers.get("retry-after"))
+            unscaled = max(scheduled, min(asked, room))
+            waited += unscaled
+            wait = unscaled * policy.scale
+            retry += 1
             if deadline is not None and time.monotonic() + wait >= deadline:
                 raise ImdsError(
                     f"IMDS {step} failed and the deadline leaves no time to retry", step=step,
                     status=status, body_excerpt=_excerpt(data, redact), correlation_id=cid)
-            log.debug(
-                "IMDS %s answered %s (correlation_id=%s); retrying in %.3f s",
-                step, status if status is not None else transport_error, cid, wait,
-            )
+            answer = f"answered {status}" if status is not None else \
+                f"failed ({transport_error})"
+            stretched = f" (Retry-After {asked:g} s)" if unscaled > scheduled else ""
+            log.info("IMDS %s %s; retry %d/%d in %.1f s%s (correlation_id=%s)",
+                     step, answer, retry, budget, wait, stretched, cid)
             self._sleep(wait)
 
     def get_platform_metadata(
@@ -417,13 +513,102 @@ def _read_capped(resp: urllib3.BaseHTTPResponse, deadline: float | None) -> byte
     return b"".join(parts)
 
 
-def _retry_after(value: str | None, cap: float) -> float:
+def _retry_after(value: str | None, cap: float = math.inf) -> float:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), at most ``cap``;
+    0 if unusable."""
     if not value:
         return 0.0
+    value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        return 0.0  # HTTP-date form: the scheduled delay applies
-    if math.isnan(seconds):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return 0.0
+        if when.tzinfo is None:
+            return 0.0
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
         return 0.0
     return min(max(seconds, 0.0), cap)
+
+
+def _failure(
+    step: str, status: int | None, transport_error: str | None, data: bytes,
+    redact: tuple[str, ...], cid: str,
+) -> ImdsError:
+    if step == "getplatformmetadata" and status == 404:
+        return MsiV2UnavailableError(
+            "MSI v2 not available on this host (IMDS v1 only?): getplatformmetadata "
+            "answered 404", step=step, status=status, body_excerpt=_excerpt(data, redact),
+            correlation_id=cid)
+    what = f"failed ({transport_error})" if status is None else "failed"
+    return ImdsError(f"IMDS {step} {what}", step=step, status=status,
+                     body_excerpt=_excerpt(data, redact), correlation_id=cid)
+
+
+def request_headers(correlation_id: str, *, with_body: bool) -> dict[str, str]:
+    """The headers MSAL.NET sends on both IMDS legs (its HttpClient adds the Accept)."""
+    headers = {
+        "Accept": "application/json",
+        "Metadata": "true",
+        "x-ms-client-request-id": correlation_id,
+    }
+    if with_body:  # StringContent(body, Encoding.UTF8, "application/json") on the wire
+        headers["Content-Type"] = "application/json; charset=utf-8"
+    return headers
+
+
+class _WatchState(threading.local):
+    deadline: float | None = None
+
+
+# The deadline of the IMDS request this thread is making (None: no deadline). The
+# connection class reads it: a pooled connection cannot be handed a per-request argument.
+_watch = _WatchState()
+
+
+def _watched_pool_manager() -> urllib3.PoolManager:
+    """A PoolManager whose connections arm ``_watchdog`` for the status line and headers.
+
+    urllib3's read timeout bounds each recv, so a server that trickles its header lines holds
+    ``getresponse`` for ever; the watchdog shuts the socket down at the deadline instead.
+    """
+    import urllib3
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    from . import _watchdog
+
+    class WatchedHTTPConnection(HTTPConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            deadline = _watch.deadline
+            if deadline is None:
+                return super().getresponse()
+            cancel = _watchdog.arm(self, deadline)
+            try:
+                return super().getresponse()
+            finally:
+                cancel()
+
+    class WatchedHTTPSConnection(HTTPSConnection):
+        def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+            deadline = _watch.deadline
+            if deadline is None:
+                return super().getresponse()
+            cancel = _watchdog.arm(self, deadline)
+            try:
+                return super().getresponse()
+            finally:
+                cancel()
+
+    class WatchedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
+
+    class WatchedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
+
+    pool = urllib3.PoolManager(retries=False, maxsize=4)
+    pool.pool_classes_by_scheme = {"http": WatchedHTTPPool, "https": WatchedHTTPSPool}
+    return pool

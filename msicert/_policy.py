@@ -17,8 +17,10 @@ from ._identity import Identity, is_guid
 
 __all__ = [
     "DEFAULT_ISSUER_CN",
+    "SYSTEM_ASSIGNED_CN",
     "State",
     "identity_mismatch",
+    "issuer_matches",
     "load_certificate",
     "pick_best",
     "renew_after",
@@ -105,37 +107,82 @@ def _single(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: The subject CN that MSAL.NET's tests expect on the system-assigned identity's certificate
+#: (``Constants.ManagedIdentityDefaultClientId``); MSAL Go's docs say the canonical client id
+#: GUID instead, so both are accepted for that identity.
+SYSTEM_ASSIGNED_CN = "system_assigned_managed_identity"
+
+
+def issuer_matches(issuer: x509.Name, expected: str) -> bool:
+    """MSAL.NET's rule: ``expected`` occurs in the issuer DN, ignoring case.
+
+    MSAL.NET (WindowsCngKeyOperations) looks for its issuer name as a case-insensitive
+    fragment of the whole issuer DN string, so extra RDNs (and any RDN order) are accepted.
+    Each attribute value is searched, which is the same test for a host name fragment (it
+    contains no ``,`` or ``=``) and does not depend on how a DN is rendered as text.
+    """
+    needle = expected.strip().lower()
+    if not needle:
+        return False
+    return any(
+        isinstance(attr.value, str) and needle in attr.value.lower() for attr in issuer
+    ) or needle in issuer.rfc4514_string().lower()
+
+
+def _names(value: str | Iterable[str] | None) -> set[str]:
+    if value is None:
+        return set()
+    items = [value] if isinstance(value, str) else list(value)
+    return {v.lower() for v in items if v}
+
+
 def identity_mismatch(
     cert: x509.Certificate,
     identity: Identity,
     *,
     issuer_cn: str = DEFAULT_ISSUER_CN,
-    client_id: str | None = None,
-    tenant_id: str | None = None,
+    client_id: str | Iterable[str] | None = None,
+    tenant_id: str | Iterable[str] | None = None,
+    subject_vetted: bool = False,
 ) -> str | None:
     """Why ``cert`` does not belong to ``identity`` (None when it does).
 
-    Subject must be CN=<GUID>, DC=<tenant> (CN equal to the selector's client id, and to the
-    recorded canonical ``client_id``/``tenant_id`` when given); the issuer's CN must equal
-    ``issuer_cn`` case-insensitively. Whole issuer DNs are not compared on purpose: real
-    issuers may carry more RDNs than the CN.
+    ``subject_vetted`` (a store entry whose subject was recorded when it was minted): the
+    subject was checked then, so only the selector's client id and the issuer are checked.
+
+    The subject must hold one CN and one DC (other RDNs are tolerated). CN is a client id:
+    one of ``client_id`` (getplatformmetadata's and issuecredential's, compared without case)
+    when given, else any GUID; the system-assigned identity may also carry
+    ``system_assigned_managed_identity``. A ``client_id`` selector fixes the CN. DC must be one
+    of ``tenant_id`` when given. The issuer must contain ``issuer_cn`` (``issuer_matches``).
     """
     cn = _single(cert.subject, NameOID.COMMON_NAME)
     dc = _single(cert.subject, NameOID.DOMAIN_COMPONENT)
-    if cn is None or dc is None or len(cert.subject.rdns) != 2:
+    if subject_vetted:
+        expected = identity.expects_client_id()
+        if expected is not None and (cn is None or cn.lower() != expected.lower()):
+            return "subject CN is another client id"
+        if not issuer_matches(cert.issuer, issuer_cn):
+            return "issuer is not the expected issuer"
+        return None
+    if cn is None or dc is None:
         return "subject is not CN=<client id>, DC=<tenant>"
-    if not is_guid(cn):
-        return "subject CN is not a GUID"
+    system_literal = identity.kind == "system" and cn.lower() == SYSTEM_ASSIGNED_CN
     expected = identity.expects_client_id()
     if expected is not None and cn.lower() != expected.lower():
         return "subject CN is another client id"
-    if client_id is not None and cn.lower() != client_id.lower():
-        return "subject CN differs from the recorded client id"
-    if tenant_id is not None and dc.lower() != tenant_id.lower():
+    client_ids = _names(client_id)
+    if not system_literal:
+        if client_ids:
+            if cn.lower() not in client_ids:
+                return "subject CN differs from the recorded client id"
+        elif not is_guid(cn):
+            return "subject CN is not a GUID (nor the system-assigned literal)"
+    tenants = _names(tenant_id)
+    if tenants and dc.lower() not in tenants:
         return "subject DC differs from the recorded tenant"
-    issuer = _single(cert.issuer, NameOID.COMMON_NAME)
-    if issuer is None or issuer.lower() != issuer_cn.lower():
-        return "issuer CN is not the expected issuer"
+    if not issuer_matches(cert.issuer, issuer_cn):
+        return "issuer is not the expected issuer"
     return None
 
 

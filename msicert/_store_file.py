@@ -8,6 +8,7 @@ leaves the old entry or the new one, never a torn file.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import contextlib
 import errno
@@ -20,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
@@ -41,6 +43,10 @@ log = logging.getLogger("msicert")
 MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~3.5 KiB; anything larger is not ours
 MAGIC = "msicert-entry: 1"
 _META = ("identity", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
+# Recorded at mint time (base64 of the DER names): the entry is identified by them, so a
+# subject form that IMDS chooses can never make it look corrupt. Files written before these
+# lines existed lack them and are checked by the subject rules instead.
+_NAMES = ("subject", "issuer")
 _CERT_BEGIN, _CERT_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
 _KEY_BEGIN, _KEY_END = b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----"
 _POSIX = sys.platform != "win32"  # owner and mode bits; on Windows the profile's ACLs protect it
@@ -80,8 +86,9 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
 
 
-# (x5t, SHA-256 of the key PEM, identity, issuer CN) already checked in this process
-_verified: set[tuple[str, bytes, str, str]] = set()
+# (x5t, SHA-256 of the key PEM, identity, issuer CN, recorded subject, recorded issuer)
+# already checked in this process
+_verified: set[tuple[str | bytes, ...]] = set()
 _verified_lock = threading.Lock()
 # (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
@@ -143,6 +150,35 @@ def _head(data: Secret[bytes]) -> bytes:
     """The metadata lines: everything before the first PEM block (so never the key)."""
     end = data.reveal().find(b"-----BEGIN")
     return data.reveal()[: end if end >= 0 else len(data)]
+
+
+def _record_names(der: bytes) -> dict[str, str]:
+    """The ``subject``/``issuer`` metadata lines for a certificate about to be stored."""
+    try:
+        cert = _policy.load_certificate(der)
+    except ValueError:
+        return {}  # put refuses it a moment later, with its own message
+    return {
+        "subject": base64.b64encode(cert.subject.public_bytes()).decode("ascii"),
+        "issuer": base64.b64encode(cert.issuer.public_bytes()).decode("ascii"),
+    }
+
+
+def _recorded_names_match(cert: x509.Certificate, meta: dict[str, str], where: str) -> bool:
+    """True when the entry records its names (and they match); False for an older file."""
+    recorded = [meta.get(name) for name in _NAMES]
+    if not any(recorded):
+        return False
+    actual = (cert.subject.public_bytes(), cert.issuer.public_bytes())
+    for name, value, der in zip(_NAMES, recorded, actual, strict=True):
+        try:
+            ok = value is not None and base64.b64decode(value, validate=True) == der
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise CorruptEntry(f"{name} differs from the one recorded at mint time",
+                               location=where)
+    return True
 
 
 class FileStore:
@@ -308,10 +344,18 @@ class FileStore:
             store=location, cert_pem=cert_block,
         )
         # Subject/issuer and key/cert checks depend only on these bytes: once per process.
-        marker = (entry.x5t_s256, hashlib.sha256(key_block.reveal()).digest(), identity.alias,
-                  issuer_cn.lower())
+        marker: tuple[str | bytes, ...] = (
+            entry.x5t_s256, hashlib.sha256(key_block.reveal()).digest(), identity.alias,
+            issuer_cn.lower(),
+        )
+        marker += tuple(meta.get(name, "") for name in _NAMES)
         if marker not in _verified:
-            why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
+            vetted = _recorded_names_match(cert, meta, location)
+            # An older file is held to the subject rules it was written under (CN a GUID),
+            # never to more: what loaded before keeps loading.
+            why = _policy.identity_mismatch(
+                cert, identity, issuer_cn=issuer_cn, subject_vetted=vetted
+            )
             if why:
                 raise CorruptEntry(why, location=location)
             self._check_key(entry, key_block, location)
@@ -366,6 +410,7 @@ class FileStore:
             "tenant_id": entry.tenant_id, "mtls_endpoint": entry.mtls_endpoint,
             "identity_type": entry.identity_type,
         }
+        values.update(_record_names(entry.der))
         # Any character str.splitlines() breaks on (\n, \r, \v, \f, \x1c-\x1e, \x85, \u2028,
         # \u2029) would split the header line when read back and truncate the value.
         if any(len((v + "x").splitlines()) != 1 for v in values.values()):

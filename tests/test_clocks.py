@@ -375,10 +375,6 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_body():
     assert elapsed < 0.5 + SLACK
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_imds: the deadline cannot interrupt urllib3 while it reads the status line and headers "
-    "(the read timeout bounds each recv, not the whole head), so an IMDS that trickles header "
-    "lines holds the caller past any deadline; needs a watchdog that shuts the socket down"))
 def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
     server = Trickler("headers")
     try:
@@ -386,4 +382,5 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
     finally:
         server.close()
     assert isinstance(error, ImdsError) and elapsed < 0.5 + SLACK
+    assert "deadline" in str(error)  # the watchdog shut the socket down at the deadline
 

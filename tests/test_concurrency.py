@@ -214,7 +214,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
     assert held["source"] == "imds" and waited["source"] == "store"
     assert waited["x5t"] == held["x5t"]
     assert waited["took"] > 1.0  # it waited past twice the lock_timeout it was given
-    assert waited["lock_wait"] == pytest.approx(2 * (11 * 5.0 + 600 * 0.001) + 30.0)
+    assert waited["lock_wait"] == pytest.approx(2 * (8 * 5.0 + 70 * 0.001) + 30.0)
     assert emu.count("issuecredential") == 1 and emu.count("getplatformmetadata") == 1
 
 
@@ -224,19 +224,20 @@ def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch
     from msicert._imds import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0
-    # 2 calls x (11 tries x (2 + 10 s) + (3 + 7) waits x the 60 s Retry-After cap)
-    assert imds_worst_case(RetryPolicy(), 2.0, 10.0) == 1464.0
-    assert imds_worst_case(RetryPolicy(delays=(), gone_retries=0), 1.0, 2.0) == 6.0
+    # 2 calls x (8 tries x (2 + 10 s) + the reference's 70 s of waits)
+    assert imds_worst_case(RetryPolicy(), 2.0, 10.0) == 332.0
+    assert imds_worst_case(RetryPolicy(retries=0, gone_retries=0), 1.0, 2.0) == 6.0
+    assert imds_worst_case(RetryPolicy(scale=0), 1.0, 2.0) == 2 * 8 * 3.0
     monkeypatch.delenv("MSICERT_IMDS_RETRY_SCALE")
     default = ManagedIdentityClient(store_dir=store_dir)
-    assert (default.mint_budget, default.lock_wait) == (1464.0, 1494.0)
+    assert (default.mint_budget, default.lock_wait) == (332.0, 362.0)
     monkeypatch.setenv("MSICERT_IMDS_RETRY_SCALE", "0.001")
     scaled = make_client(connect_timeout=1.0, read_timeout=4.0, lock_timeout=0.5)
-    assert scaled.mint_budget == pytest.approx(2 * (11 * 5.0 + 600 * 0.001))
+    assert scaled.mint_budget == pytest.approx(2 * (8 * 5.0 + 70 * 0.001))
     assert scaled.lock_wait == pytest.approx(scaled.mint_budget + MINT_OVERHEAD)
     bounded = make_client(deadline=20.0)
     assert (bounded.mint_budget, bounded.lock_wait) == (20.0, 50.0)
     patient = make_client(deadline=20.0, lock_timeout=600.0)
     assert patient.lock_wait == 600.0  # lock_timeout only ever lengthens the wait
     assert make_client(retry=RetryPolicy(scale=0.0), connect_timeout=1.0,
-                       read_timeout=1.0).mint_budget == 2 * 11 * 2.0
+                       read_timeout=1.0).mint_budget == 2 * 8 * 2.0

@@ -63,7 +63,8 @@ def emulator(_running: Emulator) -> Iterator[Emulator]:
 
 
 def headers(**extra: str) -> dict[str, str]:
-    return {"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()), **extra}
+    return {"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
+            "Accept": "application/json", **extra}
 
 
 def imds(
@@ -288,7 +289,7 @@ def test_selectors_name_distinct_deterministic_identities(emulator):
     ("query", "head", "status", "violation"),
     [
         ("cred-api-version=2.0", {"x-ms-client-request-id": str(uuid.uuid4())}, 400, "Metadata"),
-        ("cred-api-version=2.0", {"Metadata": "true"}, 200, "x-ms-client-request-id header"),
+        ("cred-api-version=2.0", {"Metadata": "true"}, 400, "x-ms-client-request-id header"),
         (
             "cred-api-version=2.0",
             {"Metadata": "true", "x-ms-client-request-id": "req-1"},
@@ -866,7 +867,7 @@ def test_control_api_drives_faults_config_stats_and_reset(emulator):
         "token": 0,
         "resource": 0,
     }
-    assert len(stats["violations"]) == 2 and stats["issued"] >= 1
+    assert len(stats["violations"]) == 3 and stats["issued"] >= 1
     assert control(emulator, "POST", "reset")[0] == 200
     assert control(emulator, "GET", "stats")[1]["counts"]["getplatformmetadata"] == 0
 

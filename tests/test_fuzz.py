@@ -250,7 +250,7 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 @example(status=200, hdrs=GOOD_SERVER, body=b"[" * 200_000)
 @example(status=200, hdrs=GOOD_SERVER, body=b" " * (_MAX_BODY + 1))
 @example(status=200, hdrs=GOOD_SERVER, body=json.dumps(
-    {"clientId": CID, "tenantId": "t", "cuId": {"vmId": "v"},
+    {"clientId": CID, "tenantId": CID, "cuId": {"vmId": "v"},
      "attestationEndpoint": "https://[::1"}).encode())
 def test_getplatformmetadata_parser_returns_valid_metadata_or_a_documented_error(status, hdrs,
                                                                                  body):
@@ -281,7 +281,7 @@ def test_every_contract_conforming_metadata_answer_is_accepted(doc, extra):
 @given(status=statuses, hdrs=headers, body=encoded(documents(credential_fields)))
 @example(status=200, hdrs={}, body=b"[" * 200_000)
 @example(status=200, hdrs={}, body=json.dumps({
-    "client_id": CID, "tenant_id": "t", "certificate": good_der_b64, "identity_type": "x",
+    "client_id": CID, "tenant_id": CID, "certificate": good_der_b64, "identity_type": "x",
     "mtls_authentication_endpoint": "https://\uff0fexample.com"}).encode())
 def test_issuecredential_parser_returns_a_loadable_certificate_or_a_documented_error(status,
                                                                                      hdrs, body):
@@ -623,7 +623,7 @@ def test_deep_nesting_and_huge_numbers_are_documented_errors_not_crashes():
     with pytest.raises(TokenError, match="out-of-range"):
         parse_token_response(200, b'{"token_type":"mtls_pop","access_token":"t","expires_in":'
                              + b"9" * 400 + b"}")
-    doc = {"clientId": CID, "tenantId": "t", "cuId": {"vmId": "v"},
+    doc = {"clientId": CID, "tenantId": CID, "cuId": {"vmId": "v"},
            "attestationEndpoint": "https://[::1"}
     with pytest.raises(ImdsResponseError, match="attestationEndpoint"):
         parse_platform_metadata(200, GOOD_SERVER, json.dumps(doc).encode(), CID)

@@ -1,6 +1,9 @@
-"""IMDS retry policy (imds-v2-protocol.md section 5) against the emulator, with recorded waits."""
+"""IMDS retries (MSAL.NET ImdsRetryPolicy) and request headers against the emulator, with
+recorded waits. The full schedule table is in test_imds_retry_policy.py."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 
@@ -54,7 +57,7 @@ def test_client_errors_are_never_retried(imds, emu, waits, status):
     assert emu.count("issuecredential") == 1
 
 
-def test_410_is_retried_seven_times_ten_seconds_apart(imds, emu, waits):
+def test_410_first_is_retried_seven_times_ten_seconds_apart(imds, emu, waits):
     emu.inject("getplatformmetadata", Fault(status=410, times=None))
     with pytest.raises(ImdsError) as info:
         imds.get_platform_metadata(Identity())
@@ -90,9 +93,39 @@ def test_scale_shrinks_every_wait(emu, waits):
     assert waits == pytest.approx([0.001, 0.002, 0.004])
 
 
-def test_request_headers_follow_the_contract(imds, emu):
+def test_getplatformmetadata_sends_exactly_the_reference_headers(imds, emu):
     imds.get_platform_metadata(Identity())
     (req,) = emu.requests
-    assert req.headers["Metadata"] == "true"
-    assert len(req.headers["x-ms-client-request-id"]) == 36
+    sent = {k.lower(): v for k, v in req.headers.items()}
+    assert set(sent) == {"host", "accept-encoding", "user-agent", "accept", "metadata",
+                         "x-ms-client-request-id"}
+    assert sent["accept"] == "application/json"
+    assert sent["metadata"] == "true"
+    assert str(uuid.UUID(sent["x-ms-client-request-id"])) == sent["x-ms-client-request-id"]
+    assert req.query == {"cred-api-version": "2.0"}
     assert emu.violations == []
+
+
+def test_issuecredential_sends_exactly_the_reference_headers(imds, emu):
+    uami = Identity.from_selectors(client_id="0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+    with pytest.raises(ImdsError):  # "AAAA" is no CSR: the emulator refuses it after recording
+        imds.issue_credential(uami, "AAAA")
+    (req,) = emu.requests
+    sent = {k.lower(): v for k, v in req.headers.items()}
+    assert set(sent) == {"host", "accept-encoding", "user-agent", "accept", "metadata",
+                         "x-ms-client-request-id", "content-type", "content-length"}
+    assert sent["accept"] == "application/json"
+    assert sent["content-type"] == "application/json; charset=utf-8"
+    assert sent["metadata"] == "true"
+    assert uuid.UUID(sent["x-ms-client-request-id"])
+    assert req.query == {"cred-api-version": "2.0",
+                         "client_id": "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"}
+    assert req.body == b'{"csr":"AAAA"}'
+
+
+def test_one_correlation_id_for_every_attempt_of_a_call_and_a_new_one_per_call(imds, emu):
+    emu.inject("getplatformmetadata", Fault(status=503, times=1))
+    imds.get_platform_metadata(Identity())
+    imds.get_platform_metadata(Identity())
+    ids = [r.headers["x-ms-client-request-id"] for r in emu.requests]
+    assert len(ids) == 3 and ids[0] == ids[1] != ids[2]

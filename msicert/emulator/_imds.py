@@ -96,10 +96,11 @@ class ImdsHandler(Handler):
         """Record every header/query violation; return the refusal real IMDS would send."""
         noted: list[str] = []
         request_id = self.headers.get("x-ms-client-request-id")
-        if request_id is None:
-            noted.append("x-ms-client-request-id header is missing")
-        elif not _UUID.fullmatch(request_id.strip()):
+        if request_id is not None and not _UUID.fullmatch(request_id.strip()):
             noted.append(f"x-ms-client-request-id {request_id!r} is not a UUID")
+        accept = self.headers.get("Accept")
+        if accept != "application/json":
+            noted.append(f"Accept is {accept!r}; the reference sends 'application/json'")
         for name in query:
             if name not in SELECTORS and name not in ("cred-api-version", "msi_res_id"):
                 noted.append(f"unexpected query parameter {name!r}")
@@ -110,6 +111,8 @@ class ImdsHandler(Handler):
         refused = list(query_problems)
         if (self.headers.get("Metadata") or "").strip().lower() != "true":
             refused.append("Metadata: true header is missing")
+        if not (request_id or "").strip():  # live IMDS refuses a request without one
+            refused.append("x-ms-client-request-id header is missing")
         if query.get("cred-api-version") != "2.0":
             refused.append(f"cred-api-version is {query.get('cred-api-version')!r}, expected '2.0'")
         if "msi_res_id" in query:
