@@ -113,7 +113,7 @@ def test_a_connection_closed_mid_handshake_twice_is_a_token_error_without_evicti
 def test_a_generic_handshake_failure_alert_is_not_a_rejection_of_our_certificate(warm, emu):
     c, cert = warm
     emu.inject("token", Fault(kind="reject_handshake", times=1))
-    with pytest.raises(TokenError, match="HANDSHAKE_FAILURE.*was kept"):
+    with pytest.raises(TokenError, match=r"HANDSHAKE_FAILURE.*was kept"):
         c.acquire_token(RESOURCE)
     assert emu.count("issuecredential") == 0 and _tokens(emu) == ["TLS"]
     assert c.get_certificate().x5t_s256 == cert.x5t_s256
@@ -182,7 +182,7 @@ def test_request_refuses_a_non_https_url_before_any_connection(warm, emu, scheme
 
 
 def test_request_over_https_still_works_and_sends_the_pop_header(warm, emu):
-    c, cert = warm
+    c, _cert = warm
     resp = c.request("GET", f"{emu.ests_url}/resource", resource=RESOURCE,
                      headers={"authorization": "Bearer caller-supplied"})
     assert resp.status == 200
@@ -222,7 +222,7 @@ def test_the_total_timeout_does_not_fire_after_a_prompt_answer(make_client, emu)
 # --- 10.5 (ESTS half): the headers of a token request ----------------------------------------
 
 def test_token_request_carries_the_reference_client_headers(warm, emu):
-    c, cert = warm
+    c, _cert = warm
     c.acquire_token(RESOURCE)
     c.acquire_token("https://storage.azure.com")
     first, second = [r for r in emu.requests if r.endpoint == "token"]
