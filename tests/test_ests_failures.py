@@ -253,3 +253,22 @@ def test_an_ests_error_names_the_client_request_id_that_was_sent(warm, emu):
     sent = {k.lower(): v for k, v in req.headers.items()}["client-request-id"]
     assert info.value.correlation_id == sent
     assert re.fullmatch(r"[0-9a-f-]{36}", sent)
+
+
+def test_the_emulator_echoes_client_request_id_when_asked_as_ests_does(warm, emu):
+    c, cert = warm
+    pool = c._tokens().tls.pool(cert)
+    url = f"{cert.mtls_endpoint}/{cert.tenant_id}/oauth2/v2.0/token"
+    form = (f"grant_type=client_credentials&client_id={cert.client_id}"
+            "&scope=https%3A%2F%2Fvault.azure.net%2F.default&token_type=mtls_pop")
+    asked = pool.request("POST", url, body=form, headers={
+        "Content-Type": "application/x-www-form-urlencoded",
+        "client-request-id": "0d9c4a33-6a5e-4d1b-9c1e-2f3a4b5c6d7e",
+        "return-client-request-id": "true"})
+    silent = pool.request("POST", url, body=form, headers={
+        "Content-Type": "application/x-www-form-urlencoded",
+        "client-request-id": "0d9c4a33-6a5e-4d1b-9c1e-2f3a4b5c6d7e"})
+    assert asked.status == silent.status == 200
+    assert asked.headers["client-request-id"] == "0d9c4a33-6a5e-4d1b-9c1e-2f3a4b5c6d7e"
+    assert "client-request-id" not in silent.headers
+    assert emu.violations == []  # a request without the x-client-* headers is not refused
