@@ -95,14 +95,14 @@ def _take_token(doc: dict[str, Any]) -> Secret[str] | None:
     return Secret(value) if isinstance(value, str) else None
 
 
-def parse_token_response(status: int, body: Secret[bytes]) -> TokenResponse:
+def parse_token_response(status: int, body: bytes | Secret[bytes]) -> TokenResponse:
     """Validate an ESTS answer; OAuth errors raise EstsRejected, bad shapes TokenError.
 
     The body and the token stay in :class:`Secret` holders: an error raised while the rest of
     the answer is checked must not leave the token in a local of this frame.
     """
     try:
-        doc = json.loads(body.reveal()) if body else None
+        doc = json.loads(body.reveal() if isinstance(body, Secret) else body) if body else None
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         doc = None
     if not isinstance(doc, dict):

@@ -138,7 +138,7 @@ def _scrub(exc: BaseException) -> None:
 class TokenManager:
     """The mtls_pop side of a ManagedIdentityClient (one per client).
 
-    The token cache holds at most :data:`MAX_CACHED` keys (one per resource): when a new key
+    The token cache holds at most :data:`MAX_CACHED` (256) keys, one per resource: when a new key
     would exceed it, keys whose token can no longer be served go first, then the oldest ones.
     ``total_timeout`` bounds each ESTS request as a whole (``ests_total_timeout``).
     """

@@ -146,9 +146,10 @@ def test_the_bound_drops_unservable_tokens_before_older_live_ones(make_client, e
     assert c.acquire_token("https://old-but-live.example").source == "cache"
 
 
-def test_the_default_bound_is_documented_and_sane():
+def test_the_default_bound_is_documented_and_applied(make_client):
     assert tokens_module.MAX_CACHED == 256
-    assert "256" in (tokens_module.__doc__ or "") + (TokenManager.__doc__ or "")
+    assert "256" in (TokenManager.__doc__ or "")
+    assert make_client()._tokens()._max_cached == 256
 
 
 @pytest.mark.parametrize("threads", [32])
