@@ -91,18 +91,21 @@ def test_an_image_without_ca_certificates_never_evicts_or_mints(warm, emu, monke
     assert c.get_certificate().x5t_s256 == cert.x5t_s256
 
 
-def test_a_connection_closed_mid_handshake_is_retried_once_without_eviction(warm, emu):
+@pytest.mark.parametrize("kind", ["close_handshake", "reset_handshake"])
+def test_a_connection_closed_mid_handshake_is_retried_once_without_eviction(warm, emu, kind):
     c, cert = warm
-    emu.inject("token", Fault(kind="close_handshake", times=1))
+    emu.inject("token", Fault(kind=kind, times=1))
     token = c.acquire_token(RESOURCE)
     assert token.x5t_s256 == cert.x5t_s256
     assert emu.count("issuecredential") == 0
     assert _tokens(emu) == ["TLS", "POST"]
 
 
-def test_a_connection_closed_mid_handshake_twice_is_a_token_error_without_eviction(warm, emu):
+@pytest.mark.parametrize("kind", ["close_handshake", "reset_handshake"])
+def test_a_connection_closed_mid_handshake_twice_is_a_token_error_without_eviction(
+        warm, emu, kind):
     c, cert = warm
-    emu.inject("token", Fault(kind="close_handshake", times=2))
+    emu.inject("token", Fault(kind=kind, times=2))
     with pytest.raises(TokenError, match="closed the connection twice"):
         c.acquire_token(RESOURCE)
     assert emu.count("issuecredential") == 0

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -120,9 +121,14 @@ def reject_handshake_hook(state: State) -> ConnectionHook:
                 connection.sendall(_HANDSHAKE_FAILURE_ALERT)
                 while connection.recv(65536):  # drain until the client closes, so no RST
                     pass
-            elif fault.kind == "close_handshake":
+            elif fault.kind in ("close_handshake", "reset_handshake"):
                 connection.recv(65536)  # the ClientHello, then the connection ends
-                connection.shutdown(socket.SHUT_RDWR)
+                if fault.kind == "reset_handshake":  # linger 0: close() sends an RST
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                    connection.close()
+                else:
+                    connection.shutdown(socket.SHUT_RDWR)
             else:
                 host = str(connection.getsockname()[0])
                 tls = _fault_context(fault.kind, host).wrap_socket(

@@ -28,13 +28,14 @@ _KIND_ENDPOINTS: dict[str, frozenset[str]] = {
     "untrusted_server": frozenset(ESTS_ENDPOINTS),
     "wrong_server_name": frozenset(ESTS_ENDPOINTS),
     "close_handshake": frozenset(ESTS_ENDPOINTS),
+    "reset_handshake": frozenset(ESTS_ENDPOINTS),
     "trickle_headers": frozenset(ESTS_ENDPOINTS),
     "trickle_body": frozenset(ESTS_ENDPOINTS),
 }
 # ESTS faults that act on the next new TLS connection (idle kept-alive ones are closed).
 HANDSHAKE_KINDS = frozenset(
     {"reject_handshake", "reject_certificate", "untrusted_server", "wrong_server_name",
-     "close_handshake"}
+     "close_handshake", "reset_handshake"}
 )
 MISSING_FIELD = "missing_field:"
 
@@ -65,7 +66,8 @@ class Fault:
     - ``untrusted_server``: the server presents a leaf from a CA no client trusts;
     - ``wrong_server_name``: the server presents a leaf from the trusted CA that names only
       ``wrong-name.invalid`` (a hostname mismatch);
-    - ``close_handshake``: the server reads the ClientHello and closes the connection.
+    - ``close_handshake``: the server reads the ClientHello and closes the connection;
+      ``reset_handshake`` resets it instead (an RST).
 
     ``trickle_headers`` / ``trickle_body`` answer slowly: the status line, then one header
     line (or, after the whole head, one body byte) every ``delay`` seconds (0.2 when unset),
