@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -110,7 +111,9 @@ class ManagedIdentityClient:
     (:func:`imds_worst_case`, 332 s with the defaults). A proactive renewal, made
     while the caller still holds a valid certificate, is bounded by ``renewal_deadline``
     (default 10 s, or ``deadline`` when that is shorter): a hung IMDS never holds such a caller
-    longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each ESTS request.
+    longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each connect and each wait for
+    bytes of an ESTS request; ``ests_total_timeout`` (default 60 s, ``None`` = no bound) bounds
+    each ESTS request as a whole, however slowly ESTS trickles its answer.
 
     Waiting for another thread or process that holds the identity's lock lasts
     :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
@@ -140,6 +143,7 @@ class ManagedIdentityClient:
         renewal_deadline: float = 10.0,
         ests_connect_timeout: float = 5.0,
         ests_read_timeout: float = 30.0,
+        ests_total_timeout: float | None = 60.0,
     ) -> None:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
@@ -162,11 +166,13 @@ class ManagedIdentityClient:
         self._deadline = deadline
         self._renewal_deadline = renewal_deadline
         self._ests_timeouts = (ests_connect_timeout, ests_read_timeout)
+        self._ests_total_timeout = ests_total_timeout
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
         self._renew_not_before = 0.0
         self._sleep = sleep
         self._token_manager: TokenManager | None = None
+        self._token_manager_lock = threading.Lock()  # one manager (one token cache) per client
 
     @property
     def store(self) -> Store:
@@ -387,15 +393,19 @@ class ManagedIdentityClient:
 
     # --- tokens ------------------------------------------------------------------------------
     def _tokens(self) -> TokenManager:
-        if self._token_manager is None:
-            from ._tokens import TokenManager
+        manager = self._token_manager
+        if manager is not None:
+            return manager
+        with self._token_manager_lock:
+            if self._token_manager is None:
+                from ._tokens import TokenManager
 
-            connect, read = self._ests_timeouts
-            self._token_manager = TokenManager(
-                self, clock=self._clock, sleep=self._sleep, connect_timeout=connect,
-                read_timeout=read,
-            )
-        return self._token_manager
+                connect, read = self._ests_timeouts
+                self._token_manager = TokenManager(
+                    self, clock=self._clock, sleep=self._sleep, connect_timeout=connect,
+                    read_timeout=read, total_timeout=self._ests_total_timeout,
+                )
+            return self._token_manager
 
     def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:
         """An ``mtls_pop`` access token for ``resource`` bound to the binding certificate.
@@ -418,7 +428,8 @@ class ManagedIdentityClient:
         """Call a resource over mTLS with ``Authorization: mtls_pop <token>``.
 
         The same certificate is presented in the TLS handshake and bound in the token.
-        Returns the (preloaded) urllib3 response.
+        Returns the (preloaded) urllib3 response. ``url`` must be https (ValueError otherwise,
+        raised before any connection).
         """
         return self._tokens().request(
             method, url, resource=resource, body=body, headers=headers, timeout=timeout

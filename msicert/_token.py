@@ -5,29 +5,44 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from ._errors import TokenError
+from ._secret import Secret
 
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["TokenResponse", "parse_token_response", "request_token", "token_url"]
+__all__ = [
+    "CLIENT_SKU",
+    "EstsTimeout",
+    "TokenResponse",
+    "client_headers",
+    "parse_token_response",
+    "request_token",
+    "token_url",
+]
 
 log = logging.getLogger("msicert")
 _MAX_BODY = 256 * 1024
+CLIENT_SKU = "msicert.python"  # x-client-SKU: MSAL.NET sends its flavour, MSAL Python "MSAL.Python"
 
 
 @dataclass(frozen=True)
 class TokenResponse:
-    """A parsed, validated ESTS success answer."""
+    """A parsed, validated ESTS success answer (the token is held redacted)."""
 
-    access_token: str
+    access_token: Secret[str]
     expires_in: float
     refresh_in: float | None
+
+
+class EstsTimeout(TokenError):
+    """The ESTS request did not complete within ``ests_total_timeout``."""
 
 
 class EstsRejected(TokenError):
@@ -74,14 +89,25 @@ def _text(value: Any) -> str:
     return "" if value is None or isinstance(value, (dict, list)) else str(value)
 
 
-def parse_token_response(status: int, body: bytes) -> TokenResponse:
-    """Validate an ESTS answer; OAuth errors raise EstsRejected, bad shapes TokenError."""
+def _take_token(doc: dict[str, Any]) -> Secret[str] | None:
+    """Move ``access_token`` out of the parsed document into a Secret."""
+    value = doc.pop("access_token", None)
+    return Secret(value) if isinstance(value, str) else None
+
+
+def parse_token_response(status: int, body: bytes | Secret[bytes]) -> TokenResponse:
+    """Validate an ESTS answer; OAuth errors raise EstsRejected, bad shapes TokenError.
+
+    The body and the token stay in :class:`Secret` holders: an error raised while the rest of
+    the answer is checked must not leave the token in a local of this frame.
+    """
     try:
-        doc = json.loads(body) if body else None
+        doc = json.loads(body.reveal() if isinstance(body, Secret) else body) if body else None
     except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
         doc = None
     if not isinstance(doc, dict):
         raise TokenError("ESTS answer is not a JSON object", status=status)
+    token = _take_token(doc)
     if status != 200 or "error" in doc:
         raise EstsRejected(
             "ESTS refused the token request",
@@ -93,12 +119,29 @@ def parse_token_response(status: int, body: bytes) -> TokenResponse:
     token_type = doc.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "mtls_pop":
         raise TokenError("ESTS answered a token_type other than mtls_pop", status=status)
-    token = doc.get("access_token")
-    if not isinstance(token, str) or not token:
+    if not token:
         raise TokenError("ESTS answer lacks access_token", status=status)
     expires_in = _number(doc.get("expires_in"), "expires_in")
     refresh_in = _number(doc["refresh_in"], "refresh_in") if doc.get("refresh_in") else None
     return TokenResponse(token, expires_in, refresh_in)
+
+
+def client_headers(cid: str) -> dict[str, str]:
+    """Headers every ESTS request carries: the correlation id, and who is calling.
+
+    Shapes as MSAL.NET's OAuth2Client sends them (``client-request-id``,
+    ``return-client-request-id: true``, ``x-client-SKU``/``-Ver``/``-OS``); the OS value is
+    ``sys.platform``, as MSAL Python sends it.
+    """
+    from . import __version__
+
+    return {
+        "client-request-id": cid,
+        "return-client-request-id": "true",
+        "x-client-SKU": CLIENT_SKU,
+        "x-client-Ver": __version__,
+        "x-client-OS": sys.platform,
+    }
 
 
 def request_token(
@@ -110,8 +153,22 @@ def request_token(
     resource: str,
     claims: str | None,
     timeout: urllib3.Timeout,
+    total_timeout: float | None = None,
 ) -> TokenResponse:
-    """POST the client_credentials/mtls_pop form over the certificate's mTLS pool."""
+    """POST the client_credentials/mtls_pop form over the certificate's mTLS pool.
+
+    ``total_timeout`` bounds the whole request (connect, handshake, headers and body): a
+    watchdog shuts the socket down when it passes, so an ESTS that trickles its answer cannot
+    hold the caller longer (the read timeout only bounds each wait for bytes).
+    """
+    import urllib3
+
+    from ._tls import Watchdog
+
+    url = token_url(mtls_endpoint, tenant_id)
+    if urlsplit(url).scheme.lower() != "https":
+        raise TokenError(f"refusing to request a token from a non-https ESTS endpoint "
+                         f"{mtls_endpoint!r}")
     form = {
         "grant_type": "client_credentials",
         "client_id": client_id,
@@ -121,27 +178,39 @@ def request_token(
     if claims:
         form["claims"] = claims
     cid = str(uuid.uuid4())
-    resp = pool.request(
-        "POST",
-        token_url(mtls_endpoint, tenant_id),
-        body=urlencode(form).encode("ascii"),
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "client-request-id": cid,
-            "return-client-request-id": "true",
-        },
-        timeout=timeout,
-        redirect=False,
-        preload_content=False,
-    )
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **client_headers(cid)}
+    watch = Watchdog(total_timeout)
     try:
-        body = resp.read(_MAX_BODY + 1, decode_content=True)
-    finally:
-        resp.release_conn()
+        with watch:
+            resp = pool.request(
+                "POST", url, body=urlencode(form).encode("ascii"), headers=headers,
+                timeout=watch.clip(timeout), redirect=False, preload_content=False,
+            )
+            try:
+                body = Secret(resp.read(_MAX_BODY + 1, decode_content=True))
+            finally:
+                watch.disarm()  # before the connection goes back to the pool
+                resp.release_conn()
+    except urllib3.exceptions.HTTPError as exc:
+        if watch.fired:
+            raise _timed_out(total_timeout, cid) from exc
+        raise
+    if watch.fired:  # a close-delimited body ends "cleanly" when the socket is shut down
+        raise _timed_out(total_timeout, cid)
+    echoed = resp.headers.get("client-request-id")
+    if echoed and echoed.strip().lower() != cid:
+        log.warning("ESTS returned client-request-id %s for request %s", echoed, cid)
     log.debug("ESTS answered %s (client-request-id=%s)", resp.status, cid)
     try:
-        return parse_token_response(resp.status, body[:_MAX_BODY])
+        return parse_token_response(resp.status, Secret(body.reveal()[:_MAX_BODY]))
     except TokenError as exc:
         if not exc.correlation_id:
             exc.correlation_id = cid
         raise
+
+
+def _timed_out(total_timeout: float | None, cid: str) -> EstsTimeout:
+    return EstsTimeout(
+        f"ESTS did not answer within ests_total_timeout ({total_timeout:g} s)",
+        correlation_id=cid,
+    )

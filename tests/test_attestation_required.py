@@ -58,7 +58,8 @@ def host(_attesting: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emul
 def _issue(host: Emulator, **document: Any) -> urllib3.BaseHTTPResponse:
     md = HTTP.request(
         "GET", f"{host.imds_url}/metadata/identity/getplatformmetadata?cred-api-version=2.0",
-        headers={"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4())},
+        headers={"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
+                 "Accept": "application/json"},
     ).json()
     csr = build_csr(
         spki_der=KEY.public_key().public_bytes(
@@ -71,7 +72,7 @@ def _issue(host: Emulator, **document: Any) -> urllib3.BaseHTTPResponse:
     return HTTP.request(
         "POST", f"{host.imds_url}/metadata/identity/issuecredential?cred-api-version=2.0",
         headers={"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
-                 "Content-Type": "application/json; charset=utf-8"},
+                 "Accept": "application/json", "Content-Type": "application/json; charset=utf-8"},
         body=body,
     )
 

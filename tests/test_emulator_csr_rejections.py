@@ -90,7 +90,7 @@ def csr(
 
 def headers() -> dict[str, str]:
     return {"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
-            "Content-Type": "application/json; charset=utf-8"}
+            "Accept": "application/json", "Content-Type": "application/json; charset=utf-8"}
 
 
 def metadata(emu: Any) -> dict[str, Any]:

@@ -361,7 +361,7 @@ def test_token_response_parser_returns_a_sane_token_or_a_token_error(status, bod
             assert isinstance(exc.error, str) and isinstance(exc.error_description, str)
         return
     assert status == 200
-    assert isinstance(resp.access_token, str) and resp.access_token
+    assert isinstance(resp.access_token.reveal(), str) and resp.access_token
     assert math.isfinite(resp.expires_in) and resp.expires_in > 0
     assert resp.refresh_in is None or (math.isfinite(resp.refresh_in) and resp.refresh_in > 0)
 
@@ -375,7 +375,7 @@ def test_every_contract_conforming_token_answer_is_accepted(expires_in, token_ty
     body = json.dumps({"token_type": token_type, "access_token": token,
                        "expires_in": expires_in}).encode()
     resp = parse_token_response(200, body)
-    assert resp.access_token == token and resp.expires_in == float(expires_in)
+    assert resp.access_token.reveal() == token and resp.expires_in == float(expires_in)
 
 
 # --- store files ------------------------------------------------------------------------------

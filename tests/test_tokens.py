@@ -148,15 +148,15 @@ def test_invalid_client_twice_raises_token_error_with_details(make_client, emu):
 def test_rejected_handshake_remints_and_retries_once(make_client, emu):
     c = make_client()
     old = c.get_certificate()
-    emu.inject("token", Fault(kind="reject_handshake", times=1))
+    emu.inject("token", Fault(kind="reject_certificate", times=1))  # an alert about our cert
     t = c.acquire_token(RESOURCE)
     assert t.x5t_s256 != old.x5t_s256
     assert emu.count("issuecredential") == 2
 
 
 def test_rejected_handshake_twice_is_a_token_error(make_client, emu):
-    emu.inject("token", Fault(kind="reject_handshake", times=2))
-    with pytest.raises(TokenError, match="handshake"):
+    emu.inject("token", Fault(kind="reject_certificate", times=2))
+    with pytest.raises(TokenError, match="rejected the client certificate twice"):
         make_client().acquire_token(RESOURCE)
 
 

@@ -214,3 +214,49 @@ def x5t_s256(certificate_der: bytes) -> str:
     """RFC 8705 thumbprint: base64url, unpadded, of SHA-256 over the certificate DER."""
     digest = hashlib.sha256(certificate_der).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def fault_server_tls(host: str, *, trusted: bool) -> ServerTls:
+    """ESTS server material a client must refuse (for the handshake faults).
+
+    ``trusted``: a leaf from the trusted server CA that names only ``wrong-name.invalid``;
+    otherwise a loopback leaf from a throwaway CA no client trusts. Cached per host and kind.
+    """
+    server_tls(host)  # the trusted server CA exists from here on
+    label = f"fault:{'wrong-name' if trusted else 'untrusted'}:{host}"
+    with _lock:
+        cached = _cache.get(label)
+        if isinstance(cached, ServerTls):
+            return cached
+        if trusted:
+            ca_key, ca_cert = _cache["server-ca"]  # type: ignore[misc]
+            names: list[x509.GeneralName] = [x509.DNSName("wrong-name.invalid")]
+        else:
+            ca_key = ec.generate_private_key(ec.SECP256R1())
+            ca_cert = _ca_certificate(ca_key, _cn("msicert emulator untrusted CA"))
+            names = _san_for(host)
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(_cn("msicert emulator fault"))
+            .issuer_name(ca_cert.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        material = ServerTls(
+            ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
+            leaf_pem=leaf.public_bytes(serialization.Encoding.PEM),
+            key_pem=leaf_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _cache[label] = material
+        return material

@@ -7,12 +7,17 @@ the handshake: a certificate that expired since then gets ``invalid_client``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import re
 import socket
 import ssl
+import struct
+import tempfile
+import threading
 import time
 import uuid
 from typing import Any
@@ -23,11 +28,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from . import _ca
+from ._faults import ESTS_ENDPOINTS, HANDSHAKE_KINDS, Fault
 from ._http import (
     ConnectionHook,
     Handler,
     HandshakeFailureHook,
     Reply,
+    _drain,
     apply_fault,
     error_code,
     parse_query,
@@ -56,25 +63,80 @@ def server_context(tls: _ca.ServerTls, chain_file: str) -> ssl.SSLContext:
     return context
 
 
+_fault_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+_fault_contexts_lock = threading.Lock()
+_TRICKLE_INTERVAL = 0.2
+_TRICKLE_LIMIT = 120.0  # a trickle never outlives a client that forgot to time out by much
+
+
+def _fault_context(kind: str, host: str) -> ssl.SSLContext:
+    """The server context a handshake fault answers with (built once per kind and host)."""
+    with _fault_contexts_lock:
+        cached = _fault_contexts.get((kind, host))
+        if cached is not None:
+            return cached
+        if kind == "reject_certificate":
+            tls = _ca.server_tls(host)
+            anchor = tls.ca_pem  # the server CA: it never issued a client certificate
+        else:
+            tls = _ca.fault_server_tls(host, trusted=kind == "wrong_server_name")
+            anchor = _ca.issuing_ca().pem
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        with tempfile.TemporaryDirectory(prefix="msicert-emu-") as tmp:
+            chain_file = os.path.join(tmp, "chain.pem")
+            fd = os.open(chain_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(tls.key_pem + tls.leaf_pem)
+            context.load_cert_chain(chain_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=anchor.decode("ascii"))
+        _fault_contexts[(kind, host)] = context
+        return context
+
+
 def reject_handshake_hook(state: State) -> ConnectionHook:
-    """Connection hook answering the ClientHello with a fatal alert when the fault is queued."""
+    """Connection hook acting out a queued handshake fault (see ``Fault``) on a new one."""
+
+    def take() -> tuple[str, Fault] | None:
+        for endpoint in ESTS_ENDPOINTS:
+            for kind in sorted(HANDSHAKE_KINDS):
+                fault = state.faults.take(endpoint, kind=kind)
+                if fault is not None:
+                    return endpoint, fault
+        return None
 
     def hook(connection: socket.socket) -> bool:
-        for endpoint in ("token", "resource"):
-            fault = state.faults.take(endpoint, kind="reject_handshake")
-            if fault is not None:
-                break
-        else:
+        taken = take()
+        if taken is None:
             return False
+        endpoint, fault = taken
         state.record(RecordedRequest(endpoint, "TLS", "", {}, {}, b"", time.time()))
         if fault.delay:
             state.stopping.wait(fault.delay)
         try:
             connection.settimeout(2.0)
-            connection.recv(65536)  # the ClientHello
-            connection.sendall(_HANDSHAKE_FAILURE_ALERT)
-            while connection.recv(65536):  # drain until the client closes, so no RST
-                pass
+            if fault.kind == "reject_handshake":
+                connection.recv(65536)  # the ClientHello
+                connection.sendall(_HANDSHAKE_FAILURE_ALERT)
+                while connection.recv(65536):  # drain until the client closes, so no RST
+                    pass
+            elif fault.kind in ("close_handshake", "reset_handshake"):
+                connection.recv(65536)  # the ClientHello, then the connection ends
+                if fault.kind == "reset_handshake":  # linger 0: close() sends an RST
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+                    connection.close()
+                else:
+                    connection.shutdown(socket.SHUT_RDWR)
+            else:
+                host = str(connection.getsockname()[0])
+                tls = _fault_context(fault.kind, host).wrap_socket(
+                    connection, server_side=True, do_handshake_on_connect=False
+                )
+                with contextlib.suppress(ssl.SSLError, OSError):
+                    tls.do_handshake()  # fails: on our side or on the client's
+                _drain(tls)  # let the client read the alert rather than a reset
         except OSError:
             pass
         return True
@@ -161,7 +223,8 @@ class EstsHandler(Handler):
             return
         peer = x509.load_der_x509_certificate(peer_der)
         fault = self.state.faults.take(endpoint)
-        if fault is not None and fault.delay:
+        trickle = fault.kind if fault is not None and fault.kind.startswith("trickle_") else ""
+        if fault is not None and fault.delay and not trickle:
             self.state.stopping.wait(fault.delay)
         if fault is not None and fault.replaces_reply:
             reply = self._error(
@@ -177,7 +240,39 @@ class EstsHandler(Handler):
             reply = self._resource(peer, peer_der)
         if fault is not None:
             apply_fault(reply, fault)
+        if (self.headers.get("return-client-request-id") or "").lower() == "true":
+            correlation = self.headers.get("client-request-id")
+            if correlation:  # ESTS echoes the caller's id when asked to
+                reply.headers.append(("client-request-id", correlation))
+        if trickle and fault is not None:
+            self._trickle(reply, trickle, fault.delay or _TRICKLE_INTERVAL)
+            return
         self.send(reply)
+
+    def _trickle(self, reply: Reply, kind: str, interval: float) -> None:
+        """Answer ``reply`` one header line (or one body byte) every ``interval`` seconds."""
+        self.close_connection = True
+        body = reply.encoded()
+        head = [f"{self.protocol_version} {reply.status} OK\r\n".encode("latin-1")]
+        lines = [f"Content-Type: {reply.content_type}", f"Content-Length: {len(body)}",
+                 "Connection: close"]
+        give_up = time.monotonic() + _TRICKLE_LIMIT
+        try:
+            if kind == "trickle_headers":
+                self.wfile.write(head[0])
+                while time.monotonic() < give_up and not self.state.stopping.wait(interval):
+                    self.wfile.write(b"X-Trickle: 1\r\n")
+                    self.wfile.flush()
+                return
+            self.wfile.write(head[0] + ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            for i in range(len(body)):
+                self.wfile.flush()
+                if time.monotonic() > give_up or self.state.stopping.wait(interval):
+                    return
+                self.wfile.write(body[i : i + 1])
+            self.wfile.flush()
+        except OSError:
+            logger.debug("client went away during a trickled answer to %s", self.path)
 
     def _form(self, body: bytes) -> tuple[dict[str, str], list[str]]:
         problems: list[str] = []

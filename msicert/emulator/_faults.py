@@ -6,7 +6,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["ENDPOINTS", "IMDS_ENDPOINTS", "Fault", "FaultQueues", "check_fault"]
+__all__ = ["ENDPOINTS", "HANDSHAKE_KINDS", "IMDS_ENDPOINTS", "Fault", "FaultQueues", "check_fault"]
 
 IMDS_ENDPOINTS = ("getplatformmetadata", "issuecredential")
 ESTS_ENDPOINTS = ("token", "resource")
@@ -24,7 +24,19 @@ _KIND_ENDPOINTS: dict[str, frozenset[str]] = {
     "reject_handshake": frozenset(ESTS_ENDPOINTS),
     "wrong_token_type": frozenset({"token"}),
     "expires_in_string": frozenset({"token"}),
+    "reject_certificate": frozenset(ESTS_ENDPOINTS),
+    "untrusted_server": frozenset(ESTS_ENDPOINTS),
+    "wrong_server_name": frozenset(ESTS_ENDPOINTS),
+    "close_handshake": frozenset(ESTS_ENDPOINTS),
+    "reset_handshake": frozenset(ESTS_ENDPOINTS),
+    "trickle_headers": frozenset(ESTS_ENDPOINTS),
+    "trickle_body": frozenset(ESTS_ENDPOINTS),
 }
+# ESTS faults that act on the next new TLS connection (idle kept-alive ones are closed).
+HANDSHAKE_KINDS = frozenset(
+    {"reject_handshake", "reject_certificate", "untrusted_server", "wrong_server_name",
+     "close_handshake", "reset_handshake"}
+)
 MISSING_FIELD = "missing_field:"
 
 
@@ -46,7 +58,20 @@ class Fault:
     wraps it in ``urllib3.exceptions.SSLError``, and its default Retry counts it as an "other"
     error and retries). Injecting it closes idle kept-alive ESTS connections, so a pooled
     client needs a fresh handshake. It counts as one request of its endpoint, recorded with
-    method ``"TLS"``.
+    method ``"TLS"``. The other handshake kinds work the same way:
+
+    - ``reject_certificate``: the server checks the client certificate against a CA that did
+      not issue it, so OpenSSL itself sends the ``unknown_ca`` alert about *our* certificate
+      (TLS 1.3: the client reads it after its side of the handshake, with the answer);
+    - ``untrusted_server``: the server presents a leaf from a CA no client trusts;
+    - ``wrong_server_name``: the server presents a leaf from the trusted CA that names only
+      ``wrong-name.invalid`` (a hostname mismatch);
+    - ``close_handshake``: the server reads the ClientHello and closes the connection;
+      ``reset_handshake`` resets it instead (an RST).
+
+    ``trickle_headers`` / ``trickle_body`` answer slowly: the status line, then one header
+    line (or, after the whole head, one body byte) every ``delay`` seconds (0.2 when unset),
+    until the client gives up; ``delay`` is not slept before answering for these kinds.
     """
 
     status: int | None = None

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import _ca
-from ._faults import ENDPOINTS, Fault, FaultQueues
+from ._faults import ENDPOINTS, HANDSHAKE_KINDS, Fault, FaultQueues
 
 __all__ = ["SELECTORS", "RecordedRequest", "State"]
 
@@ -120,7 +120,7 @@ class State:
     def inject(self, endpoint: str, fault: Fault) -> None:
         """Queue ``fault`` for ``endpoint`` (ValueError when it cannot apply there)."""
         self.faults.push(endpoint, fault)
-        if fault.kind == "reject_handshake":
+        if fault.kind in HANDSHAKE_KINDS:
             self.drop_idle_ests()
 
     # -- identities ----------------------------------------------------------------------
