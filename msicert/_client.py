@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _policy
 from ._errors import ImdsResponseError, MsiCertError
@@ -17,6 +17,8 @@ from ._policy import State
 from ._store import CorruptEntry, Store, default_store
 
 if TYPE_CHECKING:
+    import ssl
+
     import urllib3
 
     from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
@@ -380,3 +382,47 @@ class ManagedIdentityClient:
         self.forget()
         with self._store.lock(self.identity, timeout=self._lock_timeout).hold():
             return self._store.purge(self.identity)
+
+    # --- bring your own HTTP client, lifecycle (kept at the end: others edit the paths above) -
+    def ssl_context(self) -> ssl.SSLContext:
+        """An ``ssl.SSLContext`` presenting the current binding certificate.
+
+        Servers are verified as ``ssl.create_default_context()`` verifies them (system trust,
+        host names, TLS >= 1.2), plus ``$MSICERT_CA_BUNDLE`` when set. Repeated calls return
+        the same object until the certificate rotates; call it again per connection pool (or
+        compare ``get_certificate().x5t_s256``) to follow a rotation. Raises
+        :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
+        certificate store: use :meth:`request` (WinHTTP) there.
+        """
+        from ._tls import TlsCache
+
+        cert = self.get_certificate()
+        tls = self._tokens().tls
+        if not isinstance(tls, TlsCache):
+            from ._mtls import KeyNotExportableError
+
+            raise KeyNotExportableError(cert.x5t_s256, cert.key, cert.store)
+        return tls.context(cert)
+
+    def _mtls_pool(self) -> tuple[BindingCertificate, Any]:
+        """The current certificate and the pool presenting it (urllib3 or WinHTTP)."""
+        cert = self.get_certificate()
+        return cert, self._tokens().tls.pool(cert)
+
+    def close(self) -> None:
+        """Close the IMDS and mTLS connection pools and drop the cached TLS contexts.
+
+        The certificate stays in memory and in the store; a later call reopens what it needs.
+        """
+        from ._mtls import close_client_resources
+
+        tokens, imds = self._token_manager, self._imds_client
+        self._token_manager = None
+        self._imds_client = None
+        close_client_resources(tokens, imds)
+
+    def __enter__(self) -> ManagedIdentityClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import MsiCertError
 from ._model import BindingCertificate
+from ._trust import add_extra_trust
 
 if TYPE_CHECKING:
     import urllib3
@@ -38,6 +39,7 @@ def build_context(cert: BindingCertificate) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_default_verify_paths()
+    add_extra_trust(ctx)  # $MSICERT_CA_BUNDLE (the emulator's CA), msicert only
     fd = os.open(cert.store, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _O_NOFOLLOW | _O_CLOEXEC)
     try:
         head = os.read(fd, 64 * 1024)
