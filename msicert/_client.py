@@ -182,10 +182,15 @@ class ManagedIdentityClient:
             try:
                 entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
             except CorruptEntry as exc:
-                log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
-                            exc.reason)
-                self._store.remove(self.identity)
                 entry = None
+                if exc.reason.startswith("issuer CN is "):
+                    # Our expectation may be what is wrong: keep the entry; a new certificate
+                    # replaces it only if it passes the same check.
+                    log.warning("keeping store entry for %s: %s", self.identity.alias, exc.reason)
+                else:
+                    log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
+                                exc.reason)
+                    self._store.remove(self.identity)
             if entry is not None:
                 st = entry.state(now)
                 if st in (State.FRESH, State.RENEW):

@@ -312,7 +312,8 @@ class ImdsClient:
                 wait = policy.delays[len(policy.delays) - normal_left]
                 normal_left -= 1
             else:
-                what = f"failed ({transport_error})" if status is None else "failed"
+                what = (f"failed ({transport_error}; not on Azure? try `msicert emulator`)"
+                        if status is None else "failed")
                 cls = MsiV2UnavailableError if (step == "getplatformmetadata" and status == 404) \
                     else ImdsError
                 msg = (

@@ -135,7 +135,7 @@ def identity_mismatch(
         return "subject DC differs from the recorded tenant"
     issuer = _single(cert.issuer, NameOID.COMMON_NAME)
     if issuer is None or issuer.lower() != issuer_cn.lower():
-        return "issuer CN is not the expected issuer"
+        return f"issuer CN is {issuer!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
     return None
 
 
