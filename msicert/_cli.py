@@ -169,6 +169,11 @@ _STATE_NAMES = {"fresh": "fresh", "renew": "renewing", "expired": "expired",
                 "not_yet_valid": "not yet valid"}
 
 
+def _iso(ts: float) -> str:
+    """UTC ISO 8601 rounded to whole seconds, ``Z`` suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(ts)))
+
+
 def _status_row(cert: Any, now: float) -> dict[str, Any]:
     """The stable ``status --json`` object of one usable-or-not (but parseable) entry."""
     state = _STATE_NAMES[cert.state(now).value]
@@ -177,9 +182,9 @@ def _status_row(cert: Any, now: float) -> dict[str, Any]:
         "state": state.replace(" ", "_"),
         "reason": None,
         "x5t_s256": cert.x5t_s256,
-        "not_before": cert.to_json()["not_before"],
-        "renew_after": cert.to_json()["renew_after"],
-        "not_after": cert.to_json()["not_after"],
+        "not_before": _iso(cert.not_before_ts),
+        "renew_after": _iso(cert.renew_after_ts),
+        "not_after": _iso(cert.not_after_ts),
         "renews_in_seconds": round(cert.renew_after_ts - now),
         "expires_in_seconds": round(cert.not_after_ts - now),
         "client_id": cert.client_id,

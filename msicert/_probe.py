@@ -59,8 +59,13 @@ def _ask(base: str, path: str, label: str, until: float) -> tuple[bool, str | No
             timeout=urllib3.Timeout(total=left), redirect=False,
         )
     except urllib3.exceptions.HTTPError as exc:
-        why = "timed out" if isinstance(exc, urllib3.exceptions.TimeoutError) else \
-            "connection failed"
+        # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+        if isinstance(exc, urllib3.exceptions.NewConnectionError):
+            why = "connection failed"
+        elif isinstance(exc, urllib3.exceptions.TimeoutError):
+            why = "timed out"
+        else:
+            why = "connection failed"
         return False, f"{label} probe: IMDS at {base} unreachable ({why}: " \
                       f"{type(exc).__name__})", True
     finally:
