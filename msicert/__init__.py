@@ -6,6 +6,8 @@ memory, the per-user store or, only when neither has one, a fresh mint through I
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
@@ -19,6 +21,7 @@ from ._errors import (
 )
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
+from ._mtls import KeyNotExportableError
 
 __all__ = [
     "AccessToken",
@@ -28,11 +31,22 @@ __all__ = [
     "Identity",
     "ImdsError",
     "ImdsResponseError",
+    "KeyNotExportableError",
     "ManagedIdentityClient",
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
     "TokenError",
+    "probe",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # probe pulls in urllib3: imported on first use so `import msicert` stays cheap.
+    if name == "probe":
+        from ._probe import probe
+
+        return probe
+    raise AttributeError(f"module 'msicert' has no attribute {name!r}")

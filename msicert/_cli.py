@@ -1,17 +1,53 @@
-"""The ``msicert`` command line (``python -m msicert``)."""
+"""The ``msicert`` command line (``python -m msicert``).
+
+Exit codes: 0 success; 1 the operation failed (IMDS, ESTS, store), or ``status`` found an
+identity that is absent, expired, not yet valid or corrupt, or ``probe`` found no IMDS v2;
+2 invalid usage or options; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from ._errors import ImdsError, MsiCertError, TokenError
 
 __all__ = ["main"]
+
+HINT_NOT_ON_AZURE = "not on Azure? try `msicert emulator`"
+_WAIT_WORDS = re.compile(r"\b(retry|retrying|retries|waiting|waited|backing off)\b", re.I)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become a JSON object on stdout under ``--json``."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            _print_json({"error": message, "step": "arguments", "status": None,
+                         "correlation_id": None, "type": "UsageError"})
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _common() -> _Parser:
+    """-v/-q/--json, accepted before and after the subcommand."""
+    c = _Parser(add_help=False)
+    c.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="more log lines on stderr (-vv: debug)")
+    c.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress lines on stderr, errors only")
+    c.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="one JSON object on stdout (errors too)")
+    return c
 
 
 def _identity_args(p: argparse.ArgumentParser) -> None:
@@ -20,110 +56,337 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--object-id", help="user-assigned identity by object id")
     g.add_argument("--resource-id", help="user-assigned identity by ARM resource id")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--store-dir", help="store directory (default ~/.config/msal/certs)")
+    where.add_argument("--store-dir", help="store directory (default $MSICERT_STORE_DIR, "
+                                           "else ~/.config/msal/certs)")
     where.add_argument("--store", choices=("current-user", "local-machine"), default=None,
                        help="Windows certificate store (default current-user; "
                             "local-machine for services)")
 
 
+def _timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up after this long (IMDS retries, lock waits and ESTS included)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="msicert",
+    from . import __version__
+
+    common = _common()
+    p = _Parser(
+        prog="msicert", parents=[common],
         description="Azure Managed Identity v2 binding certificate, store-first.",
+        epilog="Exit codes: 0 ok; 1 failed (or status/probe found nothing usable); "
+               "2 usage; 130 interrupted.",
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    p.add_argument("--version", action="version", version=f"msicert {__version__}")
+    p.set_defaults(verbose=0, quiet=False, json=False)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("cert", help="print the binding certificate (mint it only if needed)")
+    c = sub.add_parser("cert", parents=[common],
+                       help="print the binding certificate (mint it only if needed)")
     _identity_args(c)
-    c.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    s = sub.add_parser("status", help="show the stored certificate (no network)")
+    _timeout_arg(c)
+    s = sub.add_parser("status", parents=[common],
+                       help="show stored certificates and their lifetime (no network)")
     _identity_args(s)
-    s.add_argument("--json", action="store_true")
-    t = sub.add_parser("token", help="get an mtls_pop access token for a resource")
-    t.add_argument("--resource", required=True, help="resource URI, e.g. https://vault.azure.net")
+    s.add_argument("--all", action="store_true", help="every identity in the store")
+    t = sub.add_parser("token", parents=[common],
+                       help="get an mtls_pop access token for a resource")
+    t.add_argument("--resource", "--scope", dest="resource", required=True,
+                   help="resource URI or scope, e.g. https://vault.azure.net[/.default]")
+    t.add_argument("--raw", action="store_true", help="print the bare access token only")
     _identity_args(t)
-    t.add_argument("--json", action="store_true")
-    u = sub.add_parser("purge", help="remove the identity's stored certificate")
+    _timeout_arg(t)
+    u = sub.add_parser("purge", parents=[common], help="remove the identity's stored certificate")
     _identity_args(u)
-    e = sub.add_parser("emulator", help="run the local IMDS v2 + ESTS emulator")
+    pr = sub.add_parser("probe", parents=[common],
+                        help="which managed identity source this host has (imds_v2/v1/none)")
+    pr.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                    help="answer within this long (default 2)")
+    pr.add_argument("--imds-endpoint", default=None,
+                    help="IMDS base URL (default $AZURE_POD_IDENTITY_AUTHORITY_HOST, "
+                         "else http://169.254.169.254)")
+    e = sub.add_parser("emulator", parents=[common],
+                       help="run the local IMDS v2 + ESTS emulator")
     e.add_argument("--host", default="127.0.0.1")
     e.add_argument("--port", type=int, default=0, help="IMDS port (0: any free port)")
     e.add_argument("--lifetime", type=float, default=7 * 86400.0,
                    help="certificate lifetime in seconds (default 7 days)")
-    sub.add_parser("demo", help="cold mint, warm store hit and renewal against the emulator")
+    e.add_argument("--backdate", type=float, default=60.0,
+                   help="seconds NotBefore lies before issue (default 60)")
+    sub.add_parser("demo", parents=[common],
+                   help="cold mint, warm store hit and renewal against the emulator")
     return p
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ._client import ManagedIdentityClient
-
-    return ManagedIdentityClient(
-        client_id=args.client_id, object_id=args.object_id, resource_id=args.resource_id,
-        store_dir=args.store_dir, store_location=args.store,
-    )
+# --- output ------------------------------------------------------------------------------
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, sort_keys=True), flush=True)
 
 
-def _print_cert(cert_json: dict[str, str], as_json: bool) -> None:
+def _print_kv(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(cert_json, indent=None, sort_keys=True))
+        _print_json(info)
         return
-    width = max(len(k) for k in cert_json)
-    for k, v in cert_json.items():
+    width = max(len(k) for k in info)
+    for k, v in info.items():
         print(f"{k.ljust(width)}  {v}")
 
 
+def _duration(seconds: float) -> str:
+    """``2d 04h``, ``4h 05m``, ``5m 03s`` or ``42s`` (rounded to seconds)."""
+    s = max(0, round(seconds))
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+_BAR_WIDTH = 18
+
+
+def _bar(start: float, renew: float, end: float, now: float) -> str:
+    """Issued -> expiry in 18 cells: elapsed █ (▌ for a half cell), left ░, renewal │."""
+    span = max(end - start, 1e-9)
+    done = min(max((now - start) / span, 0.0), 1.0) * _BAR_WIDTH
+    full = int(done)
+    cells = ["█"] * full
+    if full < _BAR_WIDTH:
+        cells.append("▌" if done - full >= 0.5 else "░")
+    cells += ["░"] * (_BAR_WIDTH - len(cells))
+    mark = int(min(max((renew - start) / span, 0.0), 1.0) * _BAR_WIDTH)
+    if mark > full and mark < _BAR_WIDTH:
+        cells[mark] = "│"
+    return "".join(cells)
+
+
+_STATE_NAMES = {"fresh": "fresh", "renew": "renewing", "expired": "expired",
+                "not_yet_valid": "not yet valid"}
+
+
+def _iso(ts: float) -> str:
+    """UTC ISO 8601 rounded to whole seconds, ``Z`` suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(ts)))
+
+
+def _status_row(cert: Any, now: float) -> dict[str, Any]:
+    """The stable ``status --json`` object of one usable-or-not (but parseable) entry."""
+    state = _STATE_NAMES[cert.state(now).value]
+    return {
+        "identity": cert.identity.alias,
+        "state": state.replace(" ", "_"),
+        "reason": None,
+        "x5t_s256": cert.x5t_s256,
+        "not_before": _iso(cert.not_before_ts),
+        "renew_after": _iso(cert.renew_after_ts),
+        "not_after": _iso(cert.not_after_ts),
+        "renews_in_seconds": round(cert.renew_after_ts - now),
+        "expires_in_seconds": round(cert.not_after_ts - now),
+        "client_id": cert.client_id,
+        "store": cert.store,
+    }
+
+
+def _status_line(row: dict[str, Any], cert: Any, now: float, width: int) -> str:
+    name = row["identity"].ljust(width)
+    if row["state"] == "corrupt":
+        return f"{name}  corrupt: {row['reason']}"
+    bar = _bar(cert.not_before_ts, cert.renew_after_ts, cert.not_after_ts, now)
+    left = row["expires_in_seconds"]
+    due = row["renews_in_seconds"]
+    if row["state"] == "expired":
+        text = f"expired {_duration(-left)} ago"
+    elif row["state"] == "not_yet_valid":
+        text = f"valid in {_duration(cert.not_before_ts - now)}, check the clock"
+    elif due > 0:
+        text = f"renews in {_duration(due)}, expires in {_duration(left)}"
+    else:
+        text = f"renewal due {_duration(-due)} ago, expires in {_duration(left)}"
+    return f"{name}  {bar}  {text}  ({row['state'].replace('_', ' ')})"
+
+
+# --- commands ----------------------------------------------------------------------------
+def _client(args: argparse.Namespace, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    from ._client import ManagedIdentityClient
+
+    kw: dict[str, Any] = {}
+    if timeout is not None:
+        if timeout <= 0:
+            raise ValueError("--timeout must be positive")
+        kw = {"deadline": timeout, "renewal_deadline": min(10.0, timeout),
+              "lock_timeout": min(120.0, timeout), "connect_timeout": min(2.0, timeout),
+              "ests_connect_timeout": min(5.0, timeout),
+              "ests_read_timeout": min(30.0, timeout)}
+    return ManagedIdentityClient(
+        client_id=args.client_id, object_id=args.object_id, resource_id=args.resource_id,
+        store_dir=args.store_dir, store_location=args.store, **kw,
+    )
+
+
 def _cmd_cert(args: argparse.Namespace) -> int:
-    cert = _client(args).get_certificate()
-    _print_cert(cert.to_json(), args.json)
+    with _client(args, args.timeout) as client:
+        cert = client.get_certificate()
+    _print_kv(cert.to_json(), args.json)
     return 0
 
 
+def _store_missing(client: Any) -> bool:
+    """True when a file store's directory does not exist (status must not create it)."""
+    directory = getattr(client.store, "directory", None)
+    return directory is not None and not os.path.isdir(directory)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    if args.all:
+        return _status_all(args)
     from ._store import CorruptEntry
 
     client = _client(args)
+    now = time.time()
     try:
-        cert = client.status()
+        cert = None if _store_missing(client) else client.status()
     except CorruptEntry as exc:
-        info = {"state": "corrupt", "reason": exc.reason, "store": client.store.description}
-        _print_cert(info, args.json)
+        _print_kv({"identity": client.identity.alias, "state": "corrupt", "reason": exc.reason,
+                   "store": client.store.description}, args.json)
         return 1
     if cert is None:
-        _print_cert({"state": "absent", "store": client.store.description}, args.json)
+        _print_kv({"identity": client.identity.alias, "state": "absent",
+                   "store": client.store.description}, args.json)
         return 1
-    info = cert.to_json()
-    state = cert.state(time.time()).value
-    info["state"] = state
-    _print_cert(info, args.json)
-    return 0 if state in ("fresh", "renew") else 1
+    row = _status_row(cert, now)
+    info = {**cert.to_json(), **row}
+    if not args.json:
+        print(_status_line(row, cert, now, len(row["identity"])))
+    _print_kv(info, args.json)
+    return 0 if row["state"] in ("fresh", "renewing") else 1
+
+
+def _status_all(args: argparse.Namespace) -> int:
+    from ._identity import Identity
+    from ._store import CorruptEntry
+
+    client = _client(args)
+    directory = getattr(client.store, "directory", None)
+    if directory is None:
+        raise ValueError("status --all lists file stores only (use --store-dir)")
+    names = [] if not os.path.isdir(directory) else sorted(
+        n for n in os.listdir(directory) if re.fullmatch(r"msal_mtls(\.[^.]+)?\.pem", n))
+    now = time.time()
+    rows: list[tuple[dict[str, Any], Any]] = []
+    for name in names:
+        path = os.path.join(directory, name)
+        alias = _alias_in(path) or _alias_from_name(name) or name
+        try:
+            identity = _identity_from_alias(alias, Identity)
+            cert = client.store.find(identity, issuer_cn=client.issuer_cn)
+            if cert is None:
+                continue  # removed while we looked
+            rows.append((_status_row(cert, now), cert))
+        except (CorruptEntry, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CorruptEntry) else str(exc)
+            rows.append(({"identity": alias, "state": "corrupt", "reason": reason,
+                          "store": path}, None))
+    ok = bool(rows) and all(r["state"] in ("fresh", "renewing") for r, _ in rows)
+    if args.json:
+        _print_json({"store": directory, "identities": [r for r, _ in rows]})
+        return 0 if ok else 1
+    if not rows:
+        print(f"no identities in {directory}")
+        return 1
+    width = max(len(r["identity"]) for r, _ in rows)
+    for row, cert in rows:
+        print(_status_line(row, cert, now, width))
+    return 0 if ok else 1
+
+
+def _alias_in(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    m = re.search(rb"^identity:\s*(\S+)\s*$", head, re.M)
+    return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def _alias_from_name(name: str) -> str | None:
+    """The identity a file name stands for when its header cannot tell (resource ids are
+    hashed in the name, so those stay unknown)."""
+    m = re.fullmatch(r"msal_mtls(?:\.(client_id|object_id)-([0-9a-fA-F-]{36}))?\.pem", name)
+    if m is None:
+        return None
+    return f"{m.group(1)}={m.group(2)}" if m.group(1) else "system"
+
+
+def _identity_from_alias(alias: str, identity_cls: Any) -> Any:
+    if alias == "system":
+        return identity_cls()
+    kind, sep, value = alias.partition("=")
+    if not sep or kind not in ("client_id", "object_id", "resource_id"):
+        raise ValueError(f"unknown identity {alias!r} in the entry header")
+    return identity_cls.from_selectors(**{kind: value})
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    token = _client(args).acquire_token(args.resource)
+    resource = args.resource.strip()
+    if resource.endswith("/.default"):
+        resource = resource[: -len("/.default")]
+    with _client(args, args.timeout) as client:
+        token = client.acquire_token(resource)
+    if args.raw:
+        print(token.access_token)
+        return 0
     out = {
         "token_type": token.token_type,
         "access_token": token.access_token,
-        "expires_on": str(token.expires_on),
+        "expires_on": token.expires_on,
         "x5t_s256": token.x5t_s256,
         "source": token.source,
     }
-    if args.json:
-        print(json.dumps({**out, "expires_on": token.expires_on}, sort_keys=True))
-    else:
-        _print_cert(out, False)
+    _print_kv(out, args.json)
     return 0
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
-    n = _client(args).purge()
-    print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+    client = _client(args)
+    n = 0 if _store_missing(client) else client.purge()
+    if args.json:
+        _print_json({"removed": n})
+    else:
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
     return 0
 
 
-def _cmd_emulator(args: argparse.Namespace) -> int:
-    from .emulator import serve
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from ._probe import probe
 
-    serve(host=args.host, port=args.port, lifetime=args.lifetime)
+    result = probe(args.imds_endpoint, timeout=args.timeout)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"source  {result.source}")
+        if result.imds_v2_reason:
+            print(f"imds_v2  {result.imds_v2_reason}")
+        if result.imds_v1_reason:
+            print(f"imds_v1  {result.imds_v1_reason}")
+    if result.unreachable:
+        print(f"msicert probe: {HINT_NOT_ON_AZURE}", file=sys.stderr)
+    return 0 if result.source == "imds_v2" else 1
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator._server import EmulatorOptionError, serve
+
+    try:
+        serve(host=args.host, port=args.port, lifetime=args.lifetime, backdate=args.backdate)
+    except EmulatorOptionError as exc:
+        _fail(args, str(exc), "emulator", None, None, "EmulatorOptionError")
+        return 2
     return 0
 
 
@@ -133,36 +396,93 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
-def _describe(exc: MsiCertError) -> str:
+# --- errors and logging --------------------------------------------------------------------
+_SUFFIX = re.compile(r"; (?:step=[^;]*|status=\d+|correlation_id=[^;]*)(?=;|$)")
+
+
+def _describe(exc: MsiCertError) -> tuple[str, str | None, int | None, str | None]:
+    """(message saying each thing once, step, status, correlation id)."""
+    step = getattr(exc, "step", "") or None
+    status = getattr(exc, "status", None)
+    cid = getattr(exc, "correlation_id", "") or None
+    text = _SUFFIX.sub("", str(exc))
     if isinstance(exc, ImdsError):
-        where = exc.step or "imds"
-        status = f" (HTTP {exc.status})" if exc.status is not None else ""
-        return f"{where} failed{status}: {exc}"
-    if isinstance(exc, TokenError):
-        status = f" (HTTP {exc.status})" if exc.status is not None else ""
-        return f"token request failed{status}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+        if step and step not in text:
+            text = f"{step}: {text}"
+        if status is not None:
+            text = f"{text} (HTTP {status})" if "; body=" not in text else \
+                text.replace("; body=", f" (HTTP {status}); body=", 1)
+        if status is None and HINT_NOT_ON_AZURE not in text and \
+                re.search(r"\((\w+Error)\b", text):
+            text = f"{text}; {HINT_NOT_ON_AZURE}"
+    elif isinstance(exc, TokenError):
+        if status is not None:
+            text = f"token request failed (HTTP {status}): {text}"
+        elif not text.startswith("token"):
+            text = f"token request failed: {text}"
+    else:
+        text = f"{type(exc).__name__}: {text}"
+    if cid:
+        text = f"{text}; correlation_id={cid}"
+    return text, step, status, cid
+
+
+def _fail(args: argparse.Namespace, text: str, step: str | None, status: int | None,
+          cid: str | None, kind: str) -> None:
+    if getattr(args, "json", False):
+        _print_json({"error": text, "step": step, "status": status, "correlation_id": cid,
+                     "type": kind})
+    print(f"msicert {args.command}: {text}", file=sys.stderr)
+
+
+class _WaitsOnly(logging.Filter):
+    """Default stderr view: warnings, and the INFO lines that say what is being waited for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return bool(getattr(record, "wait", False)) or bool(
+            _WAIT_WORDS.search(record.getMessage()))
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    log = logging.getLogger("msicert")
+    for old in [h for h in log.handlers if getattr(h, "_msicert_cli", False)]:
+        log.removeHandler(old)  # main() called again in one process: one handler only
+    handler = logging.StreamHandler(sys.stderr)
+    handler._msicert_cli = True  # type: ignore[attr-defined]
+    if args.quiet:
+        handler.setLevel(logging.ERROR)
+        handler.setFormatter(logging.Formatter("msicert: %(message)s"))
+        return log.addHandler(handler)
+    if args.verbose:
+        log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    else:
+        log.setLevel(logging.INFO)
+        handler.addFilter(_WaitsOnly())
+        handler.setFormatter(logging.Formatter("msicert: %(message)s"))
+    log.addHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
     args = _parser().parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
+    _setup_logging(args)
     commands = {
         "cert": _cmd_cert, "status": _cmd_status, "token": _cmd_token, "purge": _cmd_purge,
-        "emulator": _cmd_emulator, "demo": _cmd_demo,
+        "probe": _cmd_probe, "emulator": _cmd_emulator, "demo": _cmd_demo,
     }
     try:
         return commands[args.command](args)
     except MsiCertError as exc:
-        print(f"msicert {args.command}: {_describe(exc)}", file=sys.stderr)
+        text, step, status, cid = _describe(exc)
+        _fail(args, text, step, status, cid, type(exc).__name__)
         return 1
     except ValueError as exc:
-        print(f"msicert {args.command}: invalid input: {exc}", file=sys.stderr)
+        _fail(args, f"invalid input: {exc}", "arguments", None, None, "ValueError")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _policy
 from ._errors import (
@@ -26,6 +26,8 @@ from ._secret import Secret
 from ._store import CorruptEntry, Store, default_store
 
 if TYPE_CHECKING:
+    import ssl
+
     import urllib3
 
     from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
@@ -249,10 +251,15 @@ class ManagedIdentityClient:
             try:
                 entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
             except CorruptEntry as exc:
-                log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
-                            exc.reason)
-                self._store.remove(self.identity)
                 entry = None
+                if exc.reason.startswith("issuer CN is "):
+                    # Our expectation may be what is wrong: keep the entry; a new certificate
+                    # replaces it only if it passes the same check.
+                    log.warning("keeping store entry for %s: %s", self.identity.alias, exc.reason)
+                else:
+                    log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
+                                exc.reason)
+                    self._store.remove(self.identity)
             if entry is not None:
                 st = entry.state(now)
                 if st in (State.FRESH, State.RENEW):
@@ -515,3 +522,47 @@ class ManagedIdentityClient:
         self.forget()
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             return self._store.purge(self.identity)
+
+    # --- bring your own HTTP client, lifecycle (kept at the end: others edit the paths above) -
+    def ssl_context(self) -> ssl.SSLContext:
+        """An ``ssl.SSLContext`` presenting the current binding certificate.
+
+        Servers are verified as ``ssl.create_default_context()`` verifies them (system trust,
+        host names, TLS >= 1.2), plus ``$MSICERT_CA_BUNDLE`` when set. Repeated calls return
+        the same object until the certificate rotates; call it again per connection pool (or
+        compare ``get_certificate().x5t_s256``) to follow a rotation. Raises
+        :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
+        certificate store: use :meth:`request` (WinHTTP) there.
+        """
+        from ._tls import TlsCache
+
+        cert = self.get_certificate()
+        tls = self._tokens().tls
+        if not isinstance(tls, TlsCache):
+            from ._mtls import KeyNotExportableError
+
+            raise KeyNotExportableError(cert.x5t_s256, cert.key, cert.store)
+        return tls.context(cert)
+
+    def _mtls_pool(self) -> tuple[BindingCertificate, Any]:
+        """The current certificate and the pool presenting it (urllib3 or WinHTTP)."""
+        cert = self.get_certificate()
+        return cert, self._tokens().tls.pool(cert)
+
+    def close(self) -> None:
+        """Close the IMDS and mTLS connection pools and drop the cached TLS contexts.
+
+        The certificate stays in memory and in the store; a later call reopens what it needs.
+        """
+        from ._mtls import close_client_resources
+
+        tokens, imds = self._token_manager, self._imds_client
+        self._token_manager = None
+        self._imds_client = None
+        close_client_resources(tokens, imds)
+
+    def __enter__(self) -> ManagedIdentityClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

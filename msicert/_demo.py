@@ -9,6 +9,7 @@ import tempfile
 import time
 
 from ._client import ManagedIdentityClient
+from ._trust import ENV_CA_BUNDLE
 
 __all__ = ["run_demo"]
 
@@ -33,8 +34,8 @@ def run_demo() -> int:
     store_dir = tempfile.mkdtemp(prefix="msicert-demo-")
     ok = True
     with Emulator(lifetime=7 * 86400.0, backdate=60.0) as emu:
-        saved_trust = os.environ.get("SSL_CERT_FILE")
-        os.environ["SSL_CERT_FILE"] = emu.ca_file  # trust the emulator's ESTS for this process
+        saved_trust = os.environ.get(ENV_CA_BUNDLE)
+        os.environ[ENV_CA_BUNDLE] = emu.ca_file  # msicert (only) trusts the emulator's ESTS
         _say("setup", f"emulator: IMDS {emu.imds_url}, ESTS {emu.ests_url}; "
                       f"store {store_dir}")
 
@@ -92,9 +93,9 @@ def run_demo() -> int:
             ok &= resp.status == 200 and body.get("ok") is True
         finally:
             if saved_trust is None:
-                os.environ.pop("SSL_CERT_FILE", None)
+                os.environ.pop(ENV_CA_BUNDLE, None)
             else:
-                os.environ["SSL_CERT_FILE"] = saved_trust
+                os.environ[ENV_CA_BUNDLE] = saved_trust
             shutil.rmtree(store_dir, ignore_errors=True)
     _say("done", f"{'all checks held' if ok else 'SOME CHECKS FAILED'} in "
                  f"{time.monotonic() - started:.1f} s")

@@ -543,7 +543,8 @@ def _failure(
             "MSI v2 not available on this host (IMDS v1 only?): getplatformmetadata "
             "answered 404", step=step, status=status, body_excerpt=_excerpt(data, redact),
             correlation_id=cid)
-    what = f"failed ({transport_error})" if status is None else "failed"
+    what = (f"failed ({transport_error}; not on Azure? try `msicert emulator`)"
+            if status is None else "failed")
     return ImdsError(f"IMDS {step} {what}", step=step, status=status,
                      body_excerpt=_excerpt(data, redact), correlation_id=cid)
 

@@ -9,6 +9,7 @@ minter never blocks the others. The Windows certificate store uses a named mutex
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from ._errors import StoreError
 
 __all__ = ["IdentityLock", "MutexLock"]
+
+log = logging.getLogger("msicert")
 
 _registry: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
@@ -72,6 +75,7 @@ class IdentityLock:
             fd = os.open(self.lock_path, flags, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open lock file {self.lock_path}: {exc}") from exc
+        waiting = False
         try:
             while True:
                 try:
@@ -81,6 +85,11 @@ class IdentityLock:
                     if not blocking:
                         os.close(fd)
                         return None
+                    if not waiting:  # one line per wait: the CLI shows it on stderr
+                        waiting = True
+                        log.info("waiting for another process to finish minting (lock %s, "
+                                 "up to %.0f s)", self.lock_path,
+                                 max(0.0, deadline - time.monotonic()), extra={"wait": True})
                     if time.monotonic() >= deadline:
                         raise StoreError(
                             f"timed out after {self.timeout:.0f} s waiting for another process "

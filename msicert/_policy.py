@@ -182,7 +182,9 @@ def identity_mismatch(
     if tenants and dc.lower() not in tenants:
         return "subject DC differs from the recorded tenant"
     if not issuer_matches(cert.issuer, issuer_cn):
-        return "issuer is not the expected issuer"
+        found = cert.issuer.rfc4514_string()
+        return (f"issuer is {found!r}, expected one naming {issuer_cn!r} "
+                "(issuer= or $MSICERT_ISSUER)")
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -13,6 +14,8 @@ from ._secret import Secret
 
 __all__ = ["CorruptEntry", "KeyMaterial", "NewEntry", "SingleFlightLock", "Store",
            "default_store"]
+
+ENV_STORE_DIR = "MSICERT_STORE_DIR"
 
 
 class CorruptEntry(StoreError):
@@ -97,7 +100,10 @@ class KeyMaterial(Protocol):
 
 def default_store(store_dir: str | None = None, location: str | None = None) -> Store:
     """File store on POSIX (or wherever ``store_dir`` is given); on Windows the certificate
-    store, ``location`` ``"current-user"`` (default) or ``"local-machine"``."""
+    store, ``location`` ``"current-user"`` (default) or ``"local-machine"``.
+    ``$MSICERT_STORE_DIR`` stands in for ``store_dir`` when neither is given."""
+    if store_dir is None and location is None:
+        store_dir = os.environ.get(ENV_STORE_DIR) or None  # e.g. the emulator's own store
     if location is not None and store_dir is not None:
         raise ValueError("give either a store directory or a Windows store location")
     if store_dir is None and (sys.platform == "win32" or location is not None):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import MsiCertError
 from ._model import BindingCertificate
+from ._trust import add_extra_trust
 
 if TYPE_CHECKING:
     import urllib3
@@ -50,6 +51,7 @@ def build_context(cert: BindingCertificate) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_default_verify_paths()
+    add_extra_trust(ctx)  # $MSICERT_CA_BUNDLE (the emulator's CA), msicert only
     load_entry(ctx, cert)
     return ctx
 

@@ -21,7 +21,8 @@ def _isolated_env(monkeypatch, tmp_path):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
-    for name in ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "MSICERT_ISSUER", "SSL_CERT_DIR"):
+    for name in ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "MSICERT_ISSUER", "SSL_CERT_DIR",
+                 "MSICERT_STORE_DIR", "MSICERT_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MSICERT_IMDS_RETRY_SCALE", FAST_RETRY)
 
@@ -43,7 +44,8 @@ def emu(_emulator_session, monkeypatch):
     e.reset()
     e.lifetime, e.backdate, e.token_lifetime = 3600.0, 60.0, 3600.0
     for k, v in e.env().items():
-        monkeypatch.setenv(k, v)
+        if k != "MSICERT_STORE_DIR":  # tests pick their store (store_dir fixture, or HOME)
+            monkeypatch.setenv(k, v)
     yield e
     e.clear_faults()
 

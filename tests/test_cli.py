@@ -100,33 +100,38 @@ def test_default_store_is_under_home_config(emu):
                                         "msal_mtls.pem")
 
 
-def test_emulator_command_prints_export_lines_that_work(tmp_path, store_dir):
+def test_emulator_exports_leave_the_real_store_and_shell_trust_alone(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "msicert", "emulator", "--lifetime", "600"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_env(), cwd=str(ROOT))
     try:
         exports: dict[str, str] = {}
         deadline = time.time() + 20
-        while len(exports) < 2 and time.time() < deadline:
+        while len(exports) < 3 and time.time() < deadline:
             line = proc.stdout.readline()
             m = re.match(r"export (\w+)=(\S+)", line)
             if m:
                 exports[m.group(1)] = m.group(2)
-        assert set(exports) == {"AZURE_POD_IDENTITY_AUTHORITY_HOST", "SSL_CERT_FILE"}
-        out = cli_json("cert", "--store-dir", store_dir, env=exports)
+        assert set(exports) == {"AZURE_POD_IDENTITY_AUTHORITY_HOST", "MSICERT_CA_BUNDLE",
+                                "MSICERT_STORE_DIR"}  # no SSL_CERT_FILE for the whole shell
+        out = cli_json("cert", env=exports)  # no --store-dir: MSICERT_STORE_DIR applies
         assert out["source"] == "imds"
+        assert out["store"] == os.path.join(exports["MSICERT_STORE_DIR"], "msal_mtls.pem")
+        assert not os.path.exists(os.path.join(os.environ["HOME"], ".config"))
         nb = out["not_before"]
         na = out["not_after"]
         from datetime import datetime
         life = (datetime.fromisoformat(na.replace("Z", "+00:00")) -
                 datetime.fromisoformat(nb.replace("Z", "+00:00"))).total_seconds()
         assert life == 600
-        tok = cli_json("token", "--resource", "https://vault.azure.net", "--store-dir",
-                       store_dir, env=exports)
+        tok = cli_json("token", "--resource", "https://vault.azure.net", env=exports)
         assert tok["x5t_s256"] == out["x5t_s256"]
+        st = cli_json("status", env=exports)
+        assert st["x5t_s256"] == out["x5t_s256"]
     finally:
         proc.terminate()
         proc.wait(10)
+    assert not os.path.exists(exports["MSICERT_STORE_DIR"])  # its store goes with it
 
 
 def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one():

@@ -906,16 +906,18 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
         time.sleep(0.01)
 
 
-def test_env_points_a_default_ssl_context_at_the_emulator(emulator, tmp_path, monkeypatch):
+def test_env_points_msicert_alone_at_the_emulator(emulator, tmp_path, monkeypatch):
     env = emulator.env()
     assert env == {
         "AZURE_POD_IDENTITY_AUTHORITY_HOST": emulator.imds_url,
-        "SSL_CERT_FILE": emulator.ca_file,
+        "MSICERT_CA_BUNDLE": emulator.ca_file,
+        "MSICERT_STORE_DIR": emulator.store_dir,
     }
+    assert Path(emulator.store_dir).parent == Path(emulator.ca_file).parent  # goes on stop()
     assert emulator.imds_url.startswith("http://127.0.0.1:")
     assert emulator.ests_url.startswith("https://127.0.0.1:")
     monkeypatch.setenv("SSL_CERT_FILE", emulator.ca_file)
-    context = ssl.create_default_context()  # trust comes from SSL_CERT_FILE alone
+    context = ssl.create_default_context()  # the CA file is a plain PEM bundle
     host, port = emulator.ests_url.removeprefix("https://").split(":")
     with (
         socket.create_connection((host, int(port)), timeout=5) as raw,
@@ -965,8 +967,9 @@ def test_serve_prints_exports_and_stops_on_a_signal(stop_signal):
         assert process.stdout is not None
         lines = [process.stdout.readline() for _ in range(3)]
         assert lines[0].startswith("export AZURE_POD_IDENTITY_AUTHORITY_HOST=http://127.0.0.1:")
-        assert lines[1].startswith("export SSL_CERT_FILE=/")
-        assert "ready" in lines[2]
+        assert lines[1].startswith("export MSICERT_CA_BUNDLE=/")
+        assert lines[2].startswith("export MSICERT_STORE_DIR=/")
+        assert "ready" in process.stdout.readline()
         imds_url = lines[0].strip().split("=", 1)[1]
         ca_file = Path(lines[1].strip().split("=", 1)[1])
         assert ca_file.is_file()

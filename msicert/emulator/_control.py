@@ -1,6 +1,7 @@
 """The ``/__emulator__/`` control API on the IMDS server, for other processes.
 
-``GET stats`` → ``{"counts", "violations", "issued"}``; ``POST faults`` queues a fault;
+``GET stats`` → ``{"counts", "violations", "issued"}``; ``GET requests`` → the request log
+(oldest first; ``Authorization`` redacted, bodies left out); ``POST faults`` queues a fault;
 ``POST reset`` clears counts, requests, violations and faults; ``POST config`` changes
 ``lifetime``, ``backdate`` and ``token_lifetime`` (seconds) and ``require_attestation``
 (boolean: issuecredential refuses a request without ``attestation_token``, as IMDS does on
@@ -18,6 +19,7 @@ from ._http import Reply, invalid_request
 
 if TYPE_CHECKING:
     from ._http import Handler
+    from ._state import RecordedRequest
 
 __all__ = ["PREFIX", "fault_from_json", "handle"]
 
@@ -86,6 +88,14 @@ def _config(handler: Handler, document: Any) -> dict[str, float | bool]:
     return answer
 
 
+def _logged(request: RecordedRequest) -> dict[str, Any]:
+    headers = {k: ("<redacted>" if k.lower() == "authorization" else v)
+               for k, v in request.headers.items()}
+    return {"endpoint": request.endpoint, "method": request.method, "path": request.path,
+            "query": request.query, "headers": headers, "body_bytes": len(request.body),
+            "time": request.time}
+
+
 def handle(handler: Handler, path: str) -> None:
     """Answer one control request."""
     state = handler.server.state
@@ -101,6 +111,8 @@ def handle(handler: Handler, path: str) -> None:
                 "violations": state.violations(),
                 "issued": len(state.issued()),
             }
+        elif route == ("GET", "requests"):
+            payload = {"requests": [_logged(r) for r in state.requests()]}
         elif route == ("POST", "faults"):
             state.inject(*fault_from_json(document))
             payload = {"ok": True}

@@ -7,6 +7,7 @@ the handshake: a certificate that expired since then gets ``invalid_client``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -236,6 +237,8 @@ class EstsHandler(Handler):
             reply.body = fault.body
         elif match is not None:
             reply = self._token(match.group(1), body, peer, peer_der, fault.kind if fault else "")
+        elif fault is not None and fault.kind == "claims_challenge":
+            reply = claims_challenge()
         else:
             reply = self._resource(peer, peer_der)
         if fault is not None:
@@ -371,6 +374,19 @@ class EstsHandler(Handler):
             reply.headers.append(("WWW-Authenticate", f'mtls_pop error="{error}"'))
             return reply
         return Reply(200, {"ok": True, "x5t#S256": thumbprint, "client_id": payload.get("appid")})
+
+
+CHALLENGE_CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
+
+
+def claims_challenge() -> Reply:
+    """401 with a CAE-style claims challenge (``CHALLENGE_CLAIMS``, base64url, no padding)."""
+    encoded = base64.urlsafe_b64encode(CHALLENGE_CLAIMS.encode()).decode().rstrip("=")
+    reply = Reply(401, {"error": "insufficient_claims",
+                        "error_description": "msicert emulator: injected claims challenge"})
+    reply.headers.append(
+        ("WWW-Authenticate", f'mtls_pop error="insufficient_claims", claims="{encoded}"'))
+    return reply
 
 
 def _is_json_object(text: str) -> bool:

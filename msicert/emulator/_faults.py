@@ -31,6 +31,7 @@ _KIND_ENDPOINTS: dict[str, frozenset[str]] = {
     "reset_handshake": frozenset(ESTS_ENDPOINTS),
     "trickle_headers": frozenset(ESTS_ENDPOINTS),
     "trickle_body": frozenset(ESTS_ENDPOINTS),
+    "claims_challenge": frozenset({"resource"}),
 }
 # ESTS faults that act on the next new TLS connection (idle kept-alive ones are closed).
 HANDSHAKE_KINDS = frozenset(
@@ -50,7 +51,8 @@ class Fault:
     (``None`` = every request until cleared); ``kind`` names a contract-level misbehaviour:
     ``no_server_header``, ``malformed_json``, ``missing_field:<name>``, ``wrong_key``,
     ``expired``, ``not_yet_valid``, ``invalid_client``, ``reject_handshake``,
-    ``wrong_token_type`` or ``expires_in_string``.
+    ``wrong_token_type``, ``expires_in_string`` or ``claims_challenge`` (resource: 401 with
+    ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``).
 
     ``reject_handshake`` (token or resource) acts on the next new TLS connection to ESTS: the
     server reads the ClientHello and answers with a fatal ``handshake_failure`` alert, so the

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -24,7 +27,7 @@ from ._http import Server
 from ._imds import ImdsHandler
 from ._state import RecordedRequest, State
 
-__all__ = ["Emulator", "serve"]
+__all__ = ["Emulator", "EmulatorOptionError", "check_options", "serve"]
 
 logger = logging.getLogger("msicert.emulator")
 
@@ -68,6 +71,7 @@ class Emulator:
         self._threads: list[threading.Thread] = []
         self._cleanup: weakref.finalize[..., Emulator] | None = None
         self._ca_file = ""
+        self._store_dir = ""
         self._lifecycle = threading.Lock()
         self._stopped = False
 
@@ -144,6 +148,9 @@ class Emulator:
 
     def _start(self, tmp: str) -> None:
         tls = _ca.server_tls(self.host)
+        # Not created here: the client creates it (0700) on the first mint. It lives in the
+        # temp directory, so the emulator's certificates go when the emulator stops.
+        self._store_dir = os.path.join(tmp, "store")
         self._ca_file = os.path.join(tmp, "ca.pem")
         with open(self._ca_file, "wb") as handle:
             handle.write(tls.ca_pem)
@@ -232,13 +239,28 @@ class Emulator:
 
     @property
     def ca_file(self) -> str:
-        """PEM file holding the ESTS server CA (the value for SSL_CERT_FILE)."""
+        """PEM file holding the ESTS server CA (the value for MSICERT_CA_BUNDLE)."""
         self._server(1)
         return self._ca_file
 
+    @property
+    def store_dir(self) -> str:
+        """A store directory of the emulator's own, removed when it stops (MSICERT_STORE_DIR)."""
+        self._server(1)
+        return self._store_dir
+
     def env(self) -> dict[str, str]:
-        """Environment that points msicert at this emulator."""
-        return {"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.imds_url, "SSL_CERT_FILE": self.ca_file}
+        """Environment that points msicert (and only msicert) at this emulator.
+
+        ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` (IMDS), ``MSICERT_CA_BUNDLE`` (trust the
+        emulator's ESTS and resource, for msicert only; other programs keep their trust) and
+        ``MSICERT_STORE_DIR`` (the emulator's own store: the real one is never touched).
+        """
+        return {
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST": self.imds_url,
+            "MSICERT_CA_BUNDLE": self.ca_file,
+            "MSICERT_STORE_DIR": self.store_dir,
+        }
 
     # -- observation and faults ---------------------------------------------------------
     def count(self, name: str) -> int:
@@ -279,17 +301,54 @@ class Emulator:
         return f"<Emulator {'running' if running else 'stopped'}{where}>"
 
 
+class EmulatorOptionError(ValueError):
+    """The emulator cannot start with these options (one line, for the command line)."""
+
+
+def check_options(host: str, port: int, lifetime: float, backdate: float) -> None:
+    """Raise EmulatorOptionError for options that cannot work, before binding anything."""
+    if not 0 <= port <= 65535:
+        raise EmulatorOptionError(f"port {port} is not in 0..65535")
+    if not math.isfinite(lifetime) or lifetime <= 0:
+        raise EmulatorOptionError(f"lifetime {lifetime:g} s must be a positive number of seconds")
+    if not math.isfinite(backdate) or backdate < 0:
+        raise EmulatorOptionError(f"backdate {backdate:g} s must not be negative")
+    if lifetime <= backdate:
+        raise EmulatorOptionError(
+            f"lifetime {lifetime:g} s is not longer than the backdate {backdate:g} s: "
+            "every certificate would be expired when issued")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise EmulatorOptionError(f"host {host!r} cannot be resolved: {exc}") from None
+
+
+def _start_error(host: str, port: int, exc: OSError) -> EmulatorOptionError:
+    if exc.errno == errno.EADDRINUSE:
+        return EmulatorOptionError(f"port {port} on {host} is busy (another process listens)")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+        return EmulatorOptionError(f"cannot listen on host {host!r}: not a local address")
+    if exc.errno == errno.EACCES:
+        return EmulatorOptionError(f"port {port} on {host} needs privileges")
+    return EmulatorOptionError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     lifetime: float = 604800.0,
     out: TextIO | None = None,
+    *,
+    backdate: float = 60.0,
 ) -> None:
     """Run an emulator in the foreground until KeyboardInterrupt or SIGTERM.
 
     IMDS listens on ``port`` (0 = a free port). Prints the ``export`` lines a shell needs,
-    then a ready line, to ``out`` (default: ``sys.stdout`` at call time).
+    then a ready line, to ``out`` (default: ``sys.stdout`` at call time). Raises
+    EmulatorOptionError (a ValueError) for a busy port, a host that is not local, or a
+    lifetime that is not positive or not longer than ``backdate``.
     """
+    check_options(host, port, lifetime, backdate)
     stream = sys.stdout if out is None else out
     done = threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -298,8 +357,15 @@ def serve(
         done.set()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
+    emulator = Emulator(host=host, lifetime=lifetime, backdate=backdate, imds_port=port)
     try:
-        with Emulator(host=host, lifetime=lifetime, imds_port=port) as emulator:
+        emulator.start()
+    except OSError as exc:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        raise _start_error(host, port, exc) from None
+    try:
+        with emulator:
             for name, value in emulator.env().items():
                 print(f"export {name}={shlex.quote(value)}", file=stream)
             print(
