@@ -162,9 +162,7 @@ def identity_mismatch(
         expected = identity.expects_client_id()
         if expected is not None and (cn is None or cn.lower() != expected.lower()):
             return "subject CN is another client id"
-        if not issuer_matches(cert.issuer, issuer_cn):
-            return "issuer is not the expected issuer"
-        return None
+        return _issuer_problem(cert, issuer_cn)
     if cn is None or dc is None:
         return "subject is not CN=<client id>, DC=<tenant>"
     system_literal = identity.kind == "system" and cn.lower() == SYSTEM_ASSIGNED_CN
@@ -181,11 +179,15 @@ def identity_mismatch(
     tenants = _names(tenant_id)
     if tenants and dc.lower() not in tenants:
         return "subject DC differs from the recorded tenant"
-    if not issuer_matches(cert.issuer, issuer_cn):
-        found = cert.issuer.rfc4514_string()
-        return (f"issuer is {found!r}, expected one naming {issuer_cn!r} "
-                "(issuer= or $MSICERT_ISSUER)")
-    return None
+    return _issuer_problem(cert, issuer_cn)
+
+
+def _issuer_problem(cert: x509.Certificate, issuer_cn: str) -> str | None:
+    """Expected vs found, so that a wrong ``issuer=`` explains itself (only on a mismatch)."""
+    if issuer_matches(cert.issuer, issuer_cn):
+        return None
+    found = cert.issuer.rfc4514_string()
+    return f"issuer is {found!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
 
 
 class _Dated(Protocol):

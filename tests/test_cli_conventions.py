@@ -303,7 +303,7 @@ def test_a_wrong_expected_issuer_explains_itself_and_keeps_the_entry(emu, store_
     proc = run_cli("cert", "--store-dir", store_dir, env={"MSICERT_ISSUER": "wrong.example"})
     assert proc.returncode == 1
     assert "expected 'wrong.example'" in proc.stderr
-    assert "'managedidentitysnissuer.login.microsoft.com'" in proc.stderr
+    assert "issuer is 'CN=managedidentitysnissuer.login.microsoft.com'" in proc.stderr
     assert entry.read_bytes() == before
     assert cli_json("status", "--store-dir", store_dir)["x5t_s256"] == good["x5t_s256"]
 

@@ -85,6 +85,7 @@ def test_an_image_without_ca_certificates_never_evicts_or_mints(warm, emu, monke
     empty = tmp_path / "no-cas.pem"
     empty.write_bytes(b"")
     monkeypatch.setenv("SSL_CERT_FILE", str(empty))  # the context is built on first use
+    monkeypatch.delenv("MSICERT_CA_BUNDLE", raising=False)  # no extra trust either
     with pytest.raises(TokenError, match="ESTS's certificate could not be verified"):
         c.acquire_token(RESOURCE)
     assert emu.count("issuecredential") == 0
