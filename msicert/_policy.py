@@ -182,12 +182,17 @@ def identity_mismatch(
     return _issuer_problem(cert, issuer_cn)
 
 
+ISSUER_MISMATCH = "issuer is "
+"""How every issuer-mismatch reason starts: the client keeps such an entry (the expectation,
+``issuer=``, may be what is wrong) instead of deleting a certificate on its own say-so."""
+
+
 def _issuer_problem(cert: x509.Certificate, issuer_cn: str) -> str | None:
     """Expected vs found, so that a wrong ``issuer=`` explains itself (only on a mismatch)."""
     if issuer_matches(cert.issuer, issuer_cn):
         return None
     found = cert.issuer.rfc4514_string()
-    return f"issuer is {found!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
+    return f"{ISSUER_MISMATCH}{found!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
 
 
 class _Dated(Protocol):
