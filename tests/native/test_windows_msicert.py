@@ -118,9 +118,15 @@ def test_cold_then_warm_cert_from_current_user_my_with_zero_imds_calls() -> None
 
     with native.open_system_store("current-user", "My") as store:
         mine = [r for r in native.enum_certificates(store)
-                if (native.get_friendly_name(r) or "").startswith("MSAL|alias=system|")]
+                if (native.get_friendly_name(r) or "").startswith(
+                    "MSAL|alias=system_assigned_managed_identity#")]
         try:
             assert len(mine) == 1
+            # MSAL.NET's grammar (MsiCertificateFriendlyNameEncoder), msicert's pairs after ep.
+            assert native.get_friendly_name(mine[0]) == (
+                "MSAL|alias=system_assigned_managed_identity#att=0"
+                f"|ep={first['mtls_endpoint']}/{first['tenant_id']}|cid={first['client_id']}"
+                f"|type=SystemAssigned|key={first['key']}|sel=system")
             info = native.get_key_prov_info(mine[0])
             assert info is not None and info.container.startswith("msicert-system-")
             assert info.provider == native.MS_KEY_STORAGE_PROVIDER
@@ -311,7 +317,7 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
     before = _stats()["issuecredential"]
     probes: list[str] = []
 
-    def dead_after_reboot(name: str, machine: bool = False) -> bool:
+    def dead_after_reboot(name: str, **how: Any) -> bool:
         probes.append(name)
         return False
 
