@@ -95,10 +95,11 @@ def format_tag(identity: Identity, entry: NewEntry, kind: str, *, attested: bool
         "ep": f"{entry.mtls_endpoint.rstrip('/')}/{entry.tenant_id.strip('/')}",
         "cid": entry.client_id, "type": entry.identity_type, "key": kind, "sel": identity.kind,
     }
+    fields = {k: v.strip() for k, v in fields.items()}  # the reference decoder trims them
     for value in fields.values():
-        if not value.strip() or any(c in value for c in _ILLEGAL) or value != value.strip():
-            raise StoreError("refusing to tag an entry with '|', a line break, NUL, blank or "
-                             "padded text in its metadata")
+        if not value or any(c in value for c in _ILLEGAL):
+            raise StoreError("refusing to tag an entry with '|', a line break, NUL or blank "
+                             "text in its metadata")
     return _TAG_PREFIX + "|".join(f"{k}={v}" for k, v in fields.items())
 
 

@@ -186,3 +186,25 @@ def test_other_mutex_errors_are_store_errors_not_a_silent_fallback(
     with pytest.raises(StoreError, match="cannot create the mutex Global"), \
             _lock_names().hold():
         pass
+
+
+def test_global_store_mutex_needs_no_privilege_and_no_fallback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SeCreateGlobalPrivilege guards file mappings (and symbolic links) in Global\\, not
+    mutexes: a plain user's process creates the store mutex there. Real Windows shows it
+    (windows-latest); Wine grants every Global\\ name anyway."""
+    from msicert_native import _backend
+
+    real = _backend.impl.create_mutex
+    created: list[str] = []
+
+    def spy(name: str) -> int:
+        created.append(name)
+        handle: int = real(name)
+        return handle
+
+    monkeypatch.setattr(_backend.impl, "create_mutex", spy)
+    lock = _lock_names()
+    with lock.hold() as held:
+        assert held is True
+    assert created == [lock.name]
