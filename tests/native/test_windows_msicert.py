@@ -253,6 +253,22 @@ def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     return seen
 
 
+def _system_tags() -> list[str]:
+    """The alias of every system-identity entry in CurrentUser\\My."""
+    import msicert_native as native
+    from msicert._store_windows import parse_tag
+
+    with native.open_system_store("current-user", "My") as store:
+        refs = native.enum_certificates(store)
+        try:
+            tags = [parse_tag(native.get_friendly_name(r)) for r in refs]
+        finally:
+            for r in refs:
+                r.close()
+    return [t["alias"] for t in tags
+            if t is not None and t["alias"].startswith("system_assigned_managed_identity")]
+
+
 @pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
 def test_fake_keyguard_key_is_attested_with_the_dll_and_token_sent(
         win_client: Any, fake_keyguard: None, sent_attestation: list[str | None],
@@ -262,6 +278,7 @@ def test_fake_keyguard_key_is_attested_with_the_dll_and_token_sent(
     assert cert.key == "keyguard" and cert.source == "imds"
     (token,) = sent_attestation
     assert token is not None and token.startswith(f"fake-jwt.{cert.client_id}.")
+    assert _system_tags() == ["system_assigned_managed_identity#att=1"]  # MSAL.NET's attested alias
 
 
 @pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
@@ -292,6 +309,7 @@ def test_fake_keyguard_key_without_dll_uses_the_non_attested_flow_and_says_so(
     with caplog.at_level(logging.INFO, logger="msicert"):
         cert = win_client.get_certificate()
     assert cert.key == "keyguard" and sent_attestation == [None]
+    assert _system_tags() == ["system_assigned_managed_identity#att=0"]
     assert any("non-attested flow" in r.getMessage() and "nowhere" in r.getMessage()
                for r in caplog.records)
 
