@@ -202,13 +202,15 @@ class _Slot:
     cert: x509.Certificate | None = None
     subject_ours: bool = False  # parses, and its subject is this identity's
     issuer_ok: bool = False
+    complete: bool = True  # False: an MSAL.NET tag msicert cannot complete (left for MSAL.NET)
     entry: BindingCertificate | None = None
     info: KeyProvInfo | None = None
     problem: CorruptEntry | None = None
 
     def deletable(self, *, check_issuer: bool = True) -> bool:
-        """Provably this identity's: tag, subject and (unless told) issuer agree."""
-        return self.subject_ours and (self.issuer_ok or not check_issuer)
+        """Provably this identity's: tag, subject and (unless told) issuer agree; an entry
+        only MSAL.NET can use goes by an explicit purge only."""
+        return self.subject_ours and ((self.issuer_ok and self.complete) or not check_issuer)
 
 
 class WindowsStore:
@@ -291,7 +293,13 @@ class WindowsStore:
         info = slot.info = msicert_native.get_key_prov_info(slot.ref)
         if info is None:
             raise CorruptEntry("certificate without private key link")
-        meta = _metadata(slot.fields, slot.how, cert, identity, info)
+        try:
+            meta = _metadata(slot.fields, slot.how, cert, identity, info)
+        except CorruptEntry as exc:  # usable by MSAL.NET perhaps, not by msicert: not corrupt
+            slot.complete = False
+            log.info("entry tagged for %s is not usable by msicert (%s); left alone",
+                     identity.alias, exc.reason)
+            return
         slot.entry = BindingCertificate.from_der(
             slot.ref.der, cert, identity=identity, client_id=meta.client_id,
             tenant_id=meta.tenant_id, mtls_endpoint=meta.mtls_endpoint,

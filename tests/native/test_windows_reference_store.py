@@ -407,3 +407,25 @@ def test_failed_commit_while_adding_removes_the_certificate_before_its_key_goes(
             for r in refs:
                 r.close()
     assert not [t for t in tagged if t.startswith("MSAL|alias=system_assigned_managed_identity")]
+
+
+def test_msal_net_entry_msicert_cannot_complete_is_left_alone_until_purge(
+        client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from msicert._policy import DEFAULT_ISSUER_CN
+
+    uami = client.identity.value
+    tenant = str(uuid.uuid4())
+    # Ours by tag, subject and issuer, but its ep is no https URL: msicert cannot use it.
+    odd = _test_ca_cert(uami, tenant, DEFAULT_ISSUER_CN)
+    _seed(odd, f"MSAL|alias={uami}#att=0|ep=http://mtls.example/{tenant}", "KeyGuardRSAKey")
+    try:
+        assert client.status() is None  # not reported corrupt
+        with caplog.at_level(logging.WARNING, logger="msicert"):
+            cert = client.get_certificate()
+        assert cert.source == "imds"
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert _in_store(odd)  # neither the mint nor its clean-up touched it
+        assert client.purge() == 2  # an explicit purge takes it
+        assert not _in_store(odd)
+    finally:
+        _drop(odd)
