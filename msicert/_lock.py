@@ -3,7 +3,8 @@
 POSIX uses ``fcntl.flock`` on a lock file beside the entry (``msvcrt.locking`` for a file store
 on Windows); the kernel drops the lock when its holder dies (even by SIGKILL), so a crashed
 minter never blocks the others. The Windows certificate store uses a named mutex instead
-(:class:`MutexLock`): an abandoned mutex counts as acquired.
+(:class:`MutexLock`, ``Global\\msicert-<user SID>-<hash>`` so every logon session of the user
+meets on it, ``Local\\`` when ``Global\\`` is denied): an abandoned mutex counts as acquired.
 """
 
 from __future__ import annotations
