@@ -19,7 +19,9 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Order matters: windef.cdef holds the base types every other file uses.
-CDEF_FILES = ("windef.cdef", "crypt32.cdef", "ncrypt.cdef", "winhttp.cdef", "kernel32.cdef")
+CDEF_FILES = (
+    "windef.cdef", "crypt32.cdef", "ncrypt.cdef", "winhttp.cdef", "kernel32.cdef", "advapi32.cdef",
+)
 
 
 def read_cdefs() -> str:

@@ -34,7 +34,7 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
                  "; ".join(looked_in))
         return None
     try:
-        return native.attest_keyguard_key(
+        token = native.attest_keyguard_key(
             dll, endpoint=meta.attestation_endpoint, client_id=meta.client_id,
             key=getattr(key, "handle"),  # noqa: B009 - NCryptRsaKey only (kind keyguard)
         )
@@ -45,3 +45,7 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
         raise AttestationError(
             f"AttestKeyGuardImportKey failed for {identity.alias}", status=status
         ) from exc
+    from ._keys_windows import mark_attested
+
+    mark_attested(getattr(key, "name", ""))  # its certificate is tagged #att=1 (MSAL.NET)
+    return token

@@ -18,13 +18,25 @@ from ._identity import Identity
 if TYPE_CHECKING:
     from msicert_native import NCryptKey
 
-__all__ = ["NCryptRsaKey", "generate_key", "key_is_alive", "key_name_for"]
+__all__ = ["NCryptRsaKey", "generate_key", "key_is_alive", "key_name_for", "mark_attested",
+           "was_attested"]
 
 log = logging.getLogger("msicert")
 
 KIND_KEYGUARD = "keyguard"
 KIND_SOFTWARE = "software-ksp"
 _PROBE_DIGEST = hashlib.sha256(b"msicert per-boot key probe").digest()
+_attested: set[str] = set()  # names of keys whose attestation token IMDS received
+
+
+def mark_attested(name: str) -> None:
+    """Record that the key ``name`` was attested (its certificate is tagged ``#att=1``)."""
+    _attested.add(name)
+
+
+def was_attested(name: str) -> bool:
+    """True when :func:`mark_attested` saw ``name`` in this process."""
+    return name in _attested
 
 
 def key_name_for(identity: Identity) -> str:
@@ -95,26 +107,50 @@ def generate_key(identity: Identity, *, machine: bool = False) -> NCryptRsaKey:
 
 
 def _finish(key: NCryptKey, name: str, kind: str, machine: bool) -> NCryptRsaKey:
+    """Check the new key's export policy and read its public half; a key that fails either
+    is deleted (it is persisted already: raising alone would leak it)."""
     import msicert_native as native
 
-    policy = native.get_export_policy(key)
-    if policy != 0:
-        raise native.NativeError("NCryptGetProperty", detail=f"export policy is {policy:#x}, not 0")
-    spki = native.export_public_spki(key)
+    try:
+        policy = native.get_export_policy(key)
+        if policy != 0:
+            raise native.NativeError("NCryptGetProperty",
+                                     detail=f"export policy is {policy:#x}, not 0")
+        spki = native.export_public_spki(key)
+    except BaseException:
+        _delete_quietly(key, name)
+        raise
     log.debug("created %s key %s", kind, name)
     return NCryptRsaKey(name=name, kind=kind, machine=machine, handle=key, spki_der=spki)
 
 
-def key_is_alive(name: str, *, machine: bool = False) -> bool | None:
-    """One test signature: True alive, False dead (gone, or a per-boot key after a reboot),
-    None when this platform cannot tell (Wine: NCryptOpenKey is a stub)."""
+def _delete_quietly(key: NCryptKey, name: str) -> None:
+    """NCryptDeleteKey (frees the handle on success); on failure close the handle and log."""
+    import msicert_native as native
+
+    try:
+        native.delete_key(key)
+    except native.NativeError as exc:
+        log.warning("could not delete the rejected key %s: %s", name, exc)
+        key.close()
+
+
+def key_is_alive(
+    name: str, *, machine: bool = False, provider: str | None = None, spki_der: bytes | None = None
+) -> bool | None:
+    """One test signature: True alive, False dead (gone, a per-boot key after a reboot, or -
+    with ``spki_der`` - a key whose public half is not the certificate's, as when a KeyGuard
+    key is re-created under the same name), None when this platform cannot tell (Wine:
+    NCryptOpenKey is a stub)."""
     import msicert_native as native
     from msicert_native import constants as C
 
     try:
-        with native.open_provider() as provider, native.open_key(
-            provider, name, machine=machine
-        ) as key:
+        with native.open_provider(provider or C.MS_KEY_STORAGE_PROVIDER) as prov, \
+                native.open_key(prov, name, machine=machine) as key:
+            if spki_der is not None and native.export_public_spki(key) != spki_der:
+                log.info("key %s is not the key of its certificate", name)
+                return False
             native.sign_pss_sha256(key, _PROBE_DIGEST, PSS_SALT_LENGTH)
             return True
     except native.NativeError as exc:

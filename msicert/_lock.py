@@ -3,7 +3,8 @@
 POSIX uses ``fcntl.flock`` on a lock file beside the entry (``msvcrt.locking`` for a file store
 on Windows); the kernel drops the lock when its holder dies (even by SIGKILL), so a crashed
 minter never blocks the others. The Windows certificate store uses a named mutex instead
-(:class:`MutexLock`): an abandoned mutex counts as acquired.
+(:class:`MutexLock`, ``Global\\msicert-<user SID>-<hash>`` so every logon session of the user
+meets on it, ``Local\\`` when ``Global\\`` is denied): an abandoned mutex counts as acquired.
 """
 
 from __future__ import annotations
@@ -115,13 +116,50 @@ else:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-class MutexLock:
-    """Thread lock + a Windows named mutex (``Local\\`` or ``Global\\msicert-<hash>``)."""
+_ERROR_ACCESS_DENIED = 5
+_warned_fallback: set[str] = set()
 
-    def __init__(self, name: str, *, timeout: float = 120.0) -> None:
+
+class MutexLock:
+    """Thread lock + a Windows named mutex, ``Global\\`` first (see
+    :func:`msicert._store_windows.mutex_names` for the namespace decision).
+
+    ``fallback`` (a ``Local\\`` name) is used only when creating or opening ``name`` is
+    denied (ERROR_ACCESS_DENIED); a warning (once per name and process) says that exclusion
+    is then limited to this logon session.
+    """
+
+    def __init__(self, name: str, *, timeout: float = 120.0, fallback: str | None = None) -> None:
         self.name = name
+        self.fallback = fallback
         self.timeout = timeout
         self._thread = _thread_lock("mutex:" + name)
+
+    def _enter(self, stack: contextlib.ExitStack, wait_ms: int) -> str:
+        """Hold ``name`` (or the fallback when ``name`` is denied); return the one held."""
+        import msicert_native
+
+        try:
+            stack.enter_context(msicert_native.named_mutex(self.name, wait_ms))
+            return self.name
+        except msicert_native.NativeTimeoutError:
+            raise
+        except msicert_native.NativeError as exc:
+            if self.fallback is None or exc.winerror != _ERROR_ACCESS_DENIED:
+                raise StoreError(f"cannot create the mutex {self.name}: {exc}") from exc
+            if self.name not in _warned_fallback:
+                _warned_fallback.add(self.name)
+                logging.getLogger("msicert").warning(
+                    "access to %s denied (%s); using %s: other logon sessions of this user "
+                    "are not excluded and may mint at the same time", self.name, exc,
+                    self.fallback)
+        try:
+            stack.enter_context(msicert_native.named_mutex(self.fallback, wait_ms))
+        except msicert_native.NativeTimeoutError:
+            raise
+        except msicert_native.NativeError as exc:
+            raise StoreError(f"cannot create the mutex {self.fallback}: {exc}") from exc
+        return self.fallback
 
     @contextlib.contextmanager
     def hold(self, *, blocking: bool = True) -> Iterator[bool]:
@@ -137,7 +175,7 @@ class MutexLock:
             wait_ms = int(self.timeout * 1000) if blocking else 0
             with contextlib.ExitStack() as stack:
                 try:
-                    stack.enter_context(msicert_native.named_mutex(self.name, wait_ms))
+                    self._enter(stack, wait_ms)
                 except msicert_native.NativeTimeoutError as exc:
                     if blocking:
                         raise StoreError(

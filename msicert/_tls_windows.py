@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._model import BindingCertificate
 
 if TYPE_CHECKING:
-    from msicert_native import CertRef
+    from msicert_native import CertRef, HttpStream
 
     from ._store_windows import WindowsStore
 
@@ -27,18 +27,51 @@ _TLS_ERRORS = frozenset({12044, 12045, 12157, 12169, 12175, 12038, 12037})  # wi
 
 
 class _Response:
-    """The bits of urllib3's response that the token leg reads."""
+    """The bits of urllib3's response that the token leg reads.
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    With ``preload_content=False`` the body stays in WinHTTP until :meth:`read` asks for it,
+    and no more than asked is read - the same bound as urllib3 on POSIX (the token leg reads
+    ``_MAX_BODY + 1`` bytes, so an endless body costs at most that much).
+    """
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes = b"",
+                 stream: HttpStream | None = None) -> None:
         self.status = status
         self.headers = headers
-        self.data = body
+        self._body = body
+        self._pos = 0
+        self._stream = stream
+
+    @property
+    def data(self) -> bytes:
+        """The whole body (read now if it was not preloaded)."""
+        if self._stream is not None:
+            self._body += self.read()
+            self._pos = len(self._body)
+            self.release_conn()
+        return self._body
 
     def read(self, amt: int | None = None, decode_content: bool = True) -> bytes:
-        return self.data if amt is None else self.data[:amt]
+        """Up to ``amt`` bytes (all when None); WinHTTP failures raise urllib3 ProtocolError."""
+        if self._stream is None:  # preloaded: serve from the buffer, .data keeps it all
+            end = len(self._body) if amt is None else self._pos + amt
+            head, self._pos = self._body[self._pos:end], min(end, len(self._body))
+            return head
+        import urllib3
+
+        from msicert_native import NativeError
+
+        try:
+            return self._stream.read(amt)
+        except NativeError as exc:
+            self.release_conn()
+            raise urllib3.exceptions.ProtocolError(f"WinHTTP failure: {exc}") from exc
 
     def release_conn(self) -> None:
-        """Nothing pooled: WinHTTP handles are closed per request."""
+        """Close the WinHTTP handles (nothing is pooled)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 class WinHttpPool:
@@ -61,7 +94,7 @@ class WinHttpPool:
         """One WinHTTP request; TLS failures raise urllib3 SSLError, others ProtocolError."""
         import urllib3
 
-        from msicert_native import NativeError, https_request
+        from msicert_native import NativeError, https_open
 
         seconds = 30.0
         if isinstance(timeout, (int, float)):
@@ -69,7 +102,7 @@ class WinHttpPool:
         elif timeout is not None:
             seconds = max(float(timeout.connect_timeout or 0), float(timeout.read_timeout or 0))
         try:
-            resp = https_request(
+            stream = https_open(
                 method, url, headers=headers, body=body or b"", client_cert=self._ref,
                 timeout_ms=max(1, int(seconds * 1000)), verify_server=self._verify,
             )
@@ -77,7 +110,13 @@ class WinHttpPool:
             if exc.winerror in _TLS_ERRORS:
                 raise urllib3.exceptions.SSLError(f"WinHTTP TLS failure: {exc}") from exc
             raise urllib3.exceptions.ProtocolError(f"WinHTTP failure: {exc}") from exc
-        return _Response(resp.status, resp.headers, resp.body)
+        resp = _Response(stream.status, stream.headers, stream=stream)
+        if preload_content:  # as urllib3: the whole body now, nothing left open
+            try:
+                resp.data  # noqa: B018 - reads the body
+            finally:
+                resp.release_conn()
+        return resp
 
     def clear(self) -> None:
         """Release the certificate context."""

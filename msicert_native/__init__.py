@@ -32,11 +32,13 @@ CNG keys (ncrypt)::
 WinHTTP::
 
     https_request(method, url, *, headers=None, body=b"", client_cert=None, timeout_ms=30000,
-                  verify_server=True) -> HttpResponse(status, headers, body)
+                  verify_server=True, max_body=None) -> HttpResponse(status, headers, body)
+    https_open(...same...) -> HttpStream (.status, .headers, .read(amt), .close())
 
-kernel32::
+kernel32 / advapi32::
 
     named_mutex(name, timeout_ms) -> context manager yielding ``abandoned: bool``
+    current_user_sid() -> str ("S-1-5-21-..."; the process token's user, read once)
 
 Attestation (optional AttestationClientLib.dll, loaded by full path only)::
 
@@ -85,8 +87,9 @@ from ._ncrypt import (
     sign_pkcs1_sha256,
     sign_pss_sha256,
 )
+from ._security import current_user_sid
 from ._types import KeyProvInfo
-from ._winhttp import HttpResponse, https_request
+from ._winhttp import HttpResponse, HttpStream, https_open, https_request
 
 MS_KEY_STORAGE_PROVIDER = constants.MS_KEY_STORAGE_PROVIDER
 
@@ -100,6 +103,7 @@ __all__ = [
     "CertRef",
     "CertStore",
     "HttpResponse",
+    "HttpStream",
     "KeyProvInfo",
     "NCryptKey",
     "NCryptProvider",
@@ -112,6 +116,7 @@ __all__ = [
     "attestation_search_paths",
     "constants",
     "create_rsa_key",
+    "current_user_sid",
     "delete_certificate",
     "delete_key",
     "enum_certificates",
@@ -121,6 +126,7 @@ __all__ = [
     "get_export_policy",
     "get_friendly_name",
     "get_key_prov_info",
+    "https_open",
     "https_request",
     "is_virtual_iso",
     "named_mutex",

@@ -45,10 +45,15 @@ def _dll(name: str) -> Any:
     return ffi.dlopen(name)
 
 
+_ADVAPI32: Final = frozenset({"OpenProcessToken", "GetTokenInformation", "ConvertSidToStringSidW"})
+
+
 def _fn(name: str) -> Any:
     """The Win32 function ``name`` from its DLL (opened once)."""
     if sys.platform != "win32":
         raise WindowsRequiredError(name)
+    if name in _ADVAPI32:
+        return getattr(_dll("advapi32.dll"), name)
     prefix = next((p for p in _DLL_OF if name.startswith(p)), "")
     return getattr(_dll(_DLL_OF.get(prefix, "kernel32.dll")), name)
 
@@ -489,3 +494,32 @@ def release_mutex(handle: int) -> None:
 def close_handle(handle: int) -> None:
     """CloseHandle."""
     _check_bool(_fn("CloseHandle")(_handle(handle)), "CloseHandle")
+
+
+# ---- advapi32 -----------------------------------------------------------------------------
+
+
+def current_user_sid() -> str:
+    """The process token's user SID as text (``S-1-5-21-...``)."""
+    token = ffi.new("HANDLE *")
+    result = _fn("OpenProcessToken")(_fn("GetCurrentProcess")(), C.TOKEN_QUERY, token)
+    _check_bool(result, "OpenProcessToken")
+    try:
+        size = ffi.new("DWORD *")
+        # The sizing call fails by design (ERROR_INSUFFICIENT_BUFFER) and reports the size.
+        if not _fn("GetTokenInformation")(token[0], C.TokenUser, ffi.NULL, 0, size):
+            code, detail = _last_error()
+            if code != C.ERROR_INSUFFICIENT_BUFFER:
+                raise NativeError("GetTokenInformation", winerror=code, detail=detail)
+        buffer = ffi.new("BYTE[]", size[0])
+        result = _fn("GetTokenInformation")(token[0], C.TokenUser, buffer, size[0], size)
+        _check_bool(result, "GetTokenInformation")
+        user = ffi.cast("TOKEN_USER *", buffer)
+        text = ffi.new("LPWSTR *")
+        _check_bool(_fn("ConvertSidToStringSidW")(user.User.Sid, text), "ConvertSidToStringSidW")
+        try:
+            return _wstring_at(text[0])
+        finally:
+            _fn("LocalFree")(text[0])
+    finally:
+        _fn("CloseHandle")(token[0])

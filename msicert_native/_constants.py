@@ -100,6 +100,9 @@ WAIT_FAILED: Final = 0xFFFFFFFF  # winbase.h
 INFINITE: Final = 0xFFFFFFFF  # winbase.h
 ERROR_ALREADY_EXISTS: Final = 183  # winerror.h
 ERROR_NOT_OWNER: Final = 288  # winerror.h
+# ---- winnt.h (advapi32.cdef) ----
+TOKEN_QUERY: Final = 0x0008  # winnt.h
+TokenUser: Final = 1  # winnt.h TOKEN_INFORMATION_CLASS enumerator (its own spelling)
 
 
 # ---- string constants (wide strings in the headers) ----

@@ -83,6 +83,11 @@ _PROTOTYPES: Final[dict[str, tuple[str, Any, tuple[Any, ...]]]] = {
     "WaitForSingleObject": ("kernel32", _DW, (_ptr, _DW)),
     "ReleaseMutex": ("kernel32", c_int32, (_ptr,)),
     "CloseHandle": ("kernel32", c_int32, (_ptr,)),
+    "GetCurrentProcess": ("kernel32", _ptr, ()),
+    "LocalFree": ("kernel32", _ptr, (_ptr,)),
+    "OpenProcessToken": ("advapi32", c_int32, (_ptr, _DW, POINTER(_ptr))),
+    "GetTokenInformation": ("advapi32", c_int32, (_ptr, _DW, _ptr, _DW, _PDW)),
+    "ConvertSidToStringSidW": ("advapi32", c_int32, (_ptr, POINTER(_ptr))),
 }
 
 
@@ -518,3 +523,32 @@ def release_mutex(handle: int) -> None:
 def close_handle(handle: int) -> None:
     """CloseHandle."""
     _check_bool(_fn("CloseHandle")(handle), "CloseHandle")
+
+
+# ---- advapi32 -----------------------------------------------------------------------------
+
+
+def current_user_sid() -> str:
+    """The process token's user SID as text (``S-1-5-21-...``)."""
+    token = _ptr()
+    result = _fn("OpenProcessToken")(_fn("GetCurrentProcess")(), C.TOKEN_QUERY, byref(token))
+    _check_bool(result, "OpenProcessToken")
+    try:
+        size = c_uint32(0)
+        # The sizing call fails by design (ERROR_INSUFFICIENT_BUFFER) and reports the size.
+        if not _fn("GetTokenInformation")(token, C.TokenUser, None, 0, byref(size)):
+            code, detail = _last_error()
+            if code != C.ERROR_INSUFFICIENT_BUFFER:
+                raise NativeError("GetTokenInformation", winerror=code, detail=detail)
+        buffer = ctypes.create_string_buffer(size.value)
+        result = _fn("GetTokenInformation")(token, C.TokenUser, buffer, size.value, byref(size))
+        _check_bool(result, "GetTokenInformation")
+        sid = _ptr.from_buffer(buffer, 0)  # TOKEN_USER.User.Sid is at offset 0 (advapi32.cdef)
+        text = _ptr()
+        _check_bool(_fn("ConvertSidToStringSidW")(sid, byref(text)), "ConvertSidToStringSidW")
+        try:
+            return _wstring_at(text.value)
+        finally:
+            _fn("LocalFree")(text)
+    finally:
+        _fn("CloseHandle")(token)

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 
 from . import _constants as C
 from ._backend import impl as _impl
+from ._errors import NativeError
 from ._handles import CertRef, WinHttpHandle
 
-__all__ = ["HttpResponse", "https_request"]
+__all__ = ["HttpResponse", "HttpStream", "https_open", "https_request"]
 
 _READ_CHUNK = 64 * 1024
 _IGNORE_SERVER_CERT_ERRORS = (
@@ -34,6 +35,50 @@ class HttpResponse(NamedTuple):
     body: bytes
 
 
+class HttpStream:
+    """A response whose body is read on demand: WinHTTP is never asked for more bytes than
+    the caller reads, so a caller that caps its read stops the transfer there.
+
+    Use it in a ``with`` (or call :meth:`close`): it owns the session, connection and request
+    handles until then.
+    """
+
+    def __init__(self, handles: list[WinHttpHandle], status: int, headers: dict[str, str]) -> None:
+        self._handles = handles
+        self.status = status
+        self.headers = headers
+        self._done = False
+
+    def read(self, amt: int | None = None) -> bytes:
+        """Up to ``amt`` bytes of the body (all of it when ``amt`` is None); ``b""`` at its end."""
+        if self._done or amt == 0:
+            return b""
+        request = self._handles[-1]
+        chunks: list[bytes] = []
+        size = 0
+        while amt is None or size < amt:
+            want = _READ_CHUNK if amt is None else min(_READ_CHUNK, amt - size)
+            chunk = _impl.winhttp_read_data(request.handle, want)
+            if not chunk:
+                self._done = True
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Close the request, connection and session handles (idempotent)."""
+        self._done = True
+        while self._handles:
+            self._handles.pop().close()
+
+    def __enter__(self) -> HttpStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def https_request(
     method: str,
     url: str,
@@ -44,6 +89,7 @@ def https_request(
     timeout_ms: int = 30_000,
     verify_server: bool = True,
     user_agent: str = "msicert",
+    max_body: int | None = None,
 ) -> HttpResponse:
     """Send one request to an ``https://`` URL and return the whole response.
 
@@ -51,9 +97,34 @@ def https_request(
     its private key is found through the certificate's key provider info. ``timeout_ms``
     bounds each phase (resolve, connect, send, receive). ``verify_server=False`` ignores
     server-certificate errors: for a local emulator with its own test CA only.
+    ``max_body`` caps the body: reading stops at ``max_body + 1`` bytes and a longer body
+    raises NativeError (function ``WinHttpReadData``); None reads it all.
     Failures raise :class:`~msicert_native.NativeError` (e.g. winerror 12044 when the server
     wants a client certificate, 12175 for a TLS failure, 12002 on timeout).
     """
+    with https_open(
+        method, url, headers=headers, body=body, client_cert=client_cert,
+        timeout_ms=timeout_ms, verify_server=verify_server, user_agent=user_agent,
+    ) as stream:
+        data = stream.read(None if max_body is None else max_body + 1)
+    if max_body is not None and len(data) > max_body:
+        raise NativeError("WinHttpReadData", detail=f"response body exceeds {max_body} bytes")
+    return HttpResponse(stream.status, stream.headers, data)
+
+
+def https_open(
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    client_cert: CertRef | None = None,
+    timeout_ms: int = 30_000,
+    verify_server: bool = True,
+    user_agent: str = "msicert",
+) -> HttpStream:
+    """Like :func:`https_request`, but return once the headers arrived: the body is read
+    through :meth:`HttpStream.read` (close the stream when done)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError("https_request needs an https:// URL with a host")
@@ -62,46 +133,44 @@ def https_request(
         path += "?" + parts.query
     header_text = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
-    with WinHttpHandle(
-        _impl.winhttp_open(user_agent, C.WINHTTP_ACCESS_TYPE_DEFAULT_PROXY, 0)
-    ) as session:
+    handles: list[WinHttpHandle] = []
+    try:
+        session = WinHttpHandle(
+            _impl.winhttp_open(user_agent, C.WINHTTP_ACCESS_TYPE_DEFAULT_PROXY, 0))
+        handles.append(session)
         _impl.winhttp_set_timeouts(session.handle, timeout_ms, timeout_ms, timeout_ms, timeout_ms)
         port = parts.port or C.INTERNET_DEFAULT_HTTPS_PORT
-        with (
-            WinHttpHandle(
-                _impl.winhttp_connect(session.handle, parts.hostname, port)
-            ) as connection,
-            WinHttpHandle(
-                _impl.winhttp_open_request(
-                    connection.handle, method.upper(), path, C.WINHTTP_FLAG_SECURE
-                )
-            ) as request,
-        ):
+        connection = WinHttpHandle(_impl.winhttp_connect(session.handle, parts.hostname, port))
+        handles.append(connection)
+        request = WinHttpHandle(_impl.winhttp_open_request(
+            connection.handle, method.upper(), path, C.WINHTTP_FLAG_SECURE))
+        handles.append(request)
+        _impl.winhttp_set_option_dword(
+            request.handle,
+            C.WINHTTP_OPTION_REDIRECT_POLICY,
+            C.WINHTTP_OPTION_REDIRECT_POLICY_NEVER,
+        )
+        # One handshake per request: a pooled connection authenticated with another
+        # client certificate (or none) must never carry this request. Wine pools
+        # connections across sessions, so without this its tests would see reuse.
+        _impl.winhttp_set_option_dword(
+            request.handle, C.WINHTTP_OPTION_DISABLE_FEATURE, C.WINHTTP_DISABLE_KEEP_ALIVE
+        )
+        if not verify_server:
             _impl.winhttp_set_option_dword(
-                request.handle,
-                C.WINHTTP_OPTION_REDIRECT_POLICY,
-                C.WINHTTP_OPTION_REDIRECT_POLICY_NEVER,
+                request.handle, C.WINHTTP_OPTION_SECURITY_FLAGS, _IGNORE_SERVER_CERT_ERRORS
             )
-            # One handshake per request: a pooled connection authenticated with another
-            # client certificate (or none) must never carry this request. Wine pools
-            # connections across sessions, so without this its tests would see reuse.
-            _impl.winhttp_set_option_dword(
-                request.handle, C.WINHTTP_OPTION_DISABLE_FEATURE, C.WINHTTP_DISABLE_KEEP_ALIVE
-            )
-            if not verify_server:
-                _impl.winhttp_set_option_dword(
-                    request.handle, C.WINHTTP_OPTION_SECURITY_FLAGS, _IGNORE_SERVER_CERT_ERRORS
-                )
-            if client_cert is not None:
-                _impl.winhttp_set_option_cert_context(request.handle, client_cert.handle)
-            _impl.winhttp_send_request(request.handle, header_text, body)
-            _impl.winhttp_receive_response(request.handle)
-            status = _impl.winhttp_query_status_code(request.handle)
-            response_headers = _read_headers(request)
-            chunks = []
-            while chunk := _impl.winhttp_read_data(request.handle, _READ_CHUNK):
-                chunks.append(chunk)
-    return HttpResponse(status, response_headers, b"".join(chunks))
+        if client_cert is not None:
+            _impl.winhttp_set_option_cert_context(request.handle, client_cert.handle)
+        _impl.winhttp_send_request(request.handle, header_text, body)
+        _impl.winhttp_receive_response(request.handle)
+        status = _impl.winhttp_query_status_code(request.handle)
+        response_headers = _read_headers(request)
+    except BaseException:
+        while handles:
+            handles.pop().close()
+        raise
+    return HttpStream(handles, status, response_headers)
 
 
 def _read_headers(request: WinHttpHandle) -> dict[str, str]:

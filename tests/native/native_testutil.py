@@ -13,7 +13,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CDEF_DIR = REPO_ROOT / "cdefs"
-CDEF_FILES = ("windef.cdef", "crypt32.cdef", "ncrypt.cdef", "winhttp.cdef", "kernel32.cdef")
+CDEF_FILES = (
+    "windef.cdef", "crypt32.cdef", "ncrypt.cdef", "winhttp.cdef", "kernel32.cdef", "advapi32.cdef",
+)
 
 NEEDS_WINDOWS_REASON = "needs Windows (run by the Wine tier / windows-latest)"
 

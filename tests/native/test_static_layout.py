@@ -43,7 +43,7 @@ pytestmark = [
     ),
 ]
 
-HEADERS = ("windows.h", "wincrypt.h", "ncrypt.h", "bcrypt.h", "winhttp.h")
+HEADERS = ("windows.h", "wincrypt.h", "ncrypt.h", "bcrypt.h", "winhttp.h", "sddl.h")
 
 # Constants the mingw-w64 10 headers do not define; their values come from the Windows SDK.
 # Each is asserted only under #ifdef, so a newer mingw that gains them still checks the value.

@@ -118,9 +118,15 @@ def test_cold_then_warm_cert_from_current_user_my_with_zero_imds_calls() -> None
 
     with native.open_system_store("current-user", "My") as store:
         mine = [r for r in native.enum_certificates(store)
-                if (native.get_friendly_name(r) or "").startswith("MSAL|alias=system|")]
+                if (native.get_friendly_name(r) or "").startswith(
+                    "MSAL|alias=system_assigned_managed_identity#")]
         try:
             assert len(mine) == 1
+            # MSAL.NET's grammar (MsiCertificateFriendlyNameEncoder), msicert's pairs after ep.
+            assert native.get_friendly_name(mine[0]) == (
+                "MSAL|alias=system_assigned_managed_identity#att=0"
+                f"|ep={first['mtls_endpoint']}/{first['tenant_id']}|cid={first['client_id']}"
+                f"|type=SystemAssigned|key={first['key']}|sel=system")
             info = native.get_key_prov_info(mine[0])
             assert info is not None and info.container.startswith("msicert-system-")
             assert info.provider == native.MS_KEY_STORAGE_PROVIDER
@@ -247,6 +253,22 @@ def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     return seen
 
 
+def _system_tags() -> list[str]:
+    """The alias of every system-identity entry in CurrentUser\\My."""
+    import msicert_native as native
+    from msicert._store_windows import parse_tag
+
+    with native.open_system_store("current-user", "My") as store:
+        refs = native.enum_certificates(store)
+        try:
+            tags = [parse_tag(native.get_friendly_name(r)) for r in refs]
+        finally:
+            for r in refs:
+                r.close()
+    return [t["alias"] for t in tags
+            if t is not None and t["alias"].startswith("system_assigned_managed_identity")]
+
+
 @pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
 def test_fake_keyguard_key_is_attested_with_the_dll_and_token_sent(
         win_client: Any, fake_keyguard: None, sent_attestation: list[str | None],
@@ -256,6 +278,7 @@ def test_fake_keyguard_key_is_attested_with_the_dll_and_token_sent(
     assert cert.key == "keyguard" and cert.source == "imds"
     (token,) = sent_attestation
     assert token is not None and token.startswith(f"fake-jwt.{cert.client_id}.")
+    assert _system_tags() == ["system_assigned_managed_identity#att=1"]  # MSAL.NET's attested alias
 
 
 @pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
@@ -286,6 +309,7 @@ def test_fake_keyguard_key_without_dll_uses_the_non_attested_flow_and_says_so(
     with caplog.at_level(logging.INFO, logger="msicert"):
         cert = win_client.get_certificate()
     assert cert.key == "keyguard" and sent_attestation == [None]
+    assert _system_tags() == ["system_assigned_managed_identity#att=0"]
     assert any("non-attested flow" in r.getMessage() and "nowhere" in r.getMessage()
                for r in caplog.records)
 
@@ -311,7 +335,7 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
     before = _stats()["issuecredential"]
     probes: list[str] = []
 
-    def dead_after_reboot(name: str, machine: bool = False) -> bool:
+    def dead_after_reboot(name: str, **how: Any) -> bool:
         probes.append(name)
         return False
 

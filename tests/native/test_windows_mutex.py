@@ -70,3 +70,141 @@ def test_mutex_name_errors_are_native_errors() -> None:
     with pytest.raises(native.NativeError) as info, native.named_mutex("Bad\\Ns\\msicert", 10):
         pass
     assert info.value.function == "CreateMutexW"
+
+
+# --- the store's mutex namespace (issue 11.10) ----------------------------------------------
+
+
+def _lock_names(location: str = "current-user") -> Any:
+    from msicert import Identity
+    from msicert._store_windows import WindowsStore
+
+    return WindowsStore(location).lock(Identity(), timeout=1)
+
+
+def test_store_mutex_is_global_and_named_after_the_user_sid_and_the_identity() -> None:
+    import re
+
+    from msicert import Identity
+    from msicert._store_windows import WindowsStore
+
+    sid = _native().current_user_sid()
+    assert re.fullmatch(r"S-1-\d+(-\d+)+", sid), sid
+    lock = _lock_names()
+    match = re.fullmatch(r"Global\\msicert-(S-[0-9-]+)-([0-9a-f]{32})", lock.name)
+    assert match is not None and match.group(1) == sid, lock.name
+    assert lock.fallback == f"Local\\msicert-{sid}-{match.group(2)}"
+    uami = WindowsStore().lock(Identity.from_selectors(client_id=str(uuid.uuid4())), timeout=1)
+    assert uami.name != lock.name and uami.name.startswith(f"Global\\msicert-{sid}-")
+    machine = _lock_names("local-machine")
+    assert re.fullmatch(r"Global\\msicert-machine-[0-9a-f]{32}", machine.name), machine.name
+
+
+def test_store_mutex_held_by_another_process_excludes_this_one() -> None:
+    import os
+    import subprocess
+    import sys
+
+    lock = _lock_names()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, msicert_native as n\n"
+         f"with n.named_mutex({lock.name!r}, 10000):\n"
+         "    print('held', flush=True)\n"
+         "    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with lock.hold(blocking=False) as held:
+            assert held is False  # the other process's Global\ mutex is this one
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(60)
+    with lock.hold(blocking=False) as held:
+        assert held is True
+
+
+def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege_boundary(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Wine grants every Global\\ name, so the denial (ERROR_ACCESS_DENIED from CreateMutexW,
+    as a hardened namespace DACL or a low-integrity process gets) is injected here."""
+    import logging
+
+    from msicert import _lock
+    from msicert_native import _backend
+
+    native = _native()
+    real = _backend.impl.create_mutex
+    created: list[str] = []
+
+    def deny_global(name: str) -> int:
+        created.append(name)
+        if name.startswith("Global\\"):
+            raise native.NativeError("CreateMutexW", winerror=5, detail="Access is denied.")
+        handle: int = real(name)
+        return handle
+
+    monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
+    monkeypatch.setattr(_lock, "_warned_fallback", set())
+    lock = _lock_names()
+    with caplog.at_level(logging.WARNING, logger="msicert"):
+        for _ in range(2):
+            with lock.hold() as held:
+                assert held is True
+    assert created == [lock.name, lock.fallback] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "other logon sessions" in warnings[0]
+    assert lock.fallback in warnings[0]
+    # The fallback still excludes: a holder of the Local\ name blocks a non-blocking hold.
+    outcome: list[bool] = []
+    with native.named_mutex(lock.fallback, 1000):
+        thread = threading.Thread(target=lambda: outcome.append(_try(lock)))
+        thread.start()
+        thread.join(30)
+    assert outcome == [False]
+
+
+def _try(lock: Any) -> bool:
+    with lock.hold(blocking=False) as held:
+        return bool(held)
+
+
+def test_other_mutex_errors_are_store_errors_not_a_silent_fallback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from msicert import StoreError
+    from msicert_native import _backend
+
+    native = _native()
+
+    def broken(name: str) -> int:
+        raise native.NativeError("CreateMutexW", winerror=123, detail="bad name")
+
+    monkeypatch.setattr(_backend.impl, "create_mutex", broken)
+    with pytest.raises(StoreError, match="cannot create the mutex Global"), \
+            _lock_names().hold():
+        pass
+
+
+def test_global_store_mutex_needs_no_privilege_and_no_fallback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SeCreateGlobalPrivilege guards file mappings (and symbolic links) in Global\\, not
+    mutexes: a plain user's process creates the store mutex there. Real Windows shows it
+    (windows-latest); Wine grants every Global\\ name anyway."""
+    from msicert_native import _backend
+
+    real = _backend.impl.create_mutex
+    created: list[str] = []
+
+    def spy(name: str) -> int:
+        created.append(name)
+        handle: int = real(name)
+        return handle
+
+    monkeypatch.setattr(_backend.impl, "create_mutex", spy)
+    lock = _lock_names()
+    with lock.hold() as held:
+        assert held is True
+    assert created == [lock.name]

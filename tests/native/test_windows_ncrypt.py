@@ -169,3 +169,54 @@ def test_keyguard_key_or_documented_fallback(provider: Any) -> None:
         assert native.is_virtual_iso(key) is True
         native.sign_pss_sha256(key, hashlib.sha256(b"x").digest())
         native.delete_key(key)
+
+
+# --- a key that fails its export-policy check is deleted, not leaked (issue 11.10) ---------
+
+
+def _generate_with_exportable_policy_faked(
+        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
+    """msicert's generate_key with the export-policy answer faked to NCRYPT_ALLOW_EXPORT_FLAG
+    (no KSP makes a key that msicert asked to be non-exportable exportable on its own).
+    Returns the key that was checked and the keys msicert asked NCryptDeleteKey to delete."""
+    import msicert_native
+    from msicert import Identity
+    from msicert._keys_windows import generate_key
+
+    checked: list[Any] = []
+    deleted: list[Any] = []
+    real_delete = msicert_native.delete_key
+
+    def exportable(key: Any) -> int:
+        checked.append(key)
+        return 0x1
+
+    def delete_spy(key: Any) -> None:
+        deleted.append(key)
+        real_delete(key)
+
+    monkeypatch.setattr(msicert_native, "get_export_policy", exportable)
+    monkeypatch.setattr(msicert_native, "delete_key", delete_spy)
+    with pytest.raises(msicert_native.NativeError, match="export policy is 0x1, not 0"):
+        generate_key(Identity())
+    (rejected,) = checked
+    return rejected, deleted
+
+
+def test_key_failing_its_export_policy_check_is_deleted_faked_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rejected, deleted = _generate_with_exportable_policy_faked(monkeypatch)
+    assert rejected.name.startswith("msicert-system-")
+    assert deleted[-1] is rejected  # deleted, not left behind in the KSP
+    assert rejected.closed  # NCryptDeleteKey freed it or, where it failed, it was closed
+
+
+@skip_on_wine("NCryptOpenKey/NCryptDeleteKey are stubs (NTE_NOT_SUPPORTED): Wine cannot show "
+              "the rejected key is gone from the KSP; the delete attempt is asserted by "
+              "test_key_failing_its_export_policy_check_is_deleted_faked_policy")
+def test_rejected_key_is_gone_from_the_ksp_faked_policy(
+        monkeypatch: pytest.MonkeyPatch, provider: Any) -> None:
+    rejected, _ = _generate_with_exportable_policy_faked(monkeypatch)
+    with pytest.raises(_native().NativeError) as info:
+        _native().open_key(provider, rejected.name)
+    assert info.value.function == "NCryptOpenKey"

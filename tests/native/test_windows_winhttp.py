@@ -19,7 +19,8 @@ from native_testutil import is_windows, needs_windows
 
 pytestmark = needs_windows
 
-# "mtls=P1 nocert=P2 anon=P3 untrusted=P4": one port per test (see tools/wine/mtls_server.py)
+# "mtls=P1 nocert=P2 anon=P3 untrusted=P4 big=P5 bigtoken=P6": one port per test
+# (see tools/wine/mtls_server.py)
 PORTS = dict(item.split("=", 1) for item in os.environ.get("MSICERT_WINE_TLS_PORTS", "").split())
 TLS_DIR = os.environ.get("MSICERT_WINE_TLS_DIR", "")
 needs_server = pytest.mark.skipif(
@@ -145,3 +146,75 @@ def test_refused_connection_is_a_native_error() -> None:
     with pytest.raises(native.NativeError) as info:
         native.https_request("GET", "https://127.0.0.1:9/", timeout_ms=5_000)
     assert info.value.function in {"WinHttpSendRequest", "WinHttpReceiveResponse"}
+
+
+# --- body caps: the POSIX limits while reading (issue 11.10) -------------------------------
+
+
+@pytest.fixture
+def read_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Records (bytes asked, bytes got) of every real WinHttpReadData call."""
+    from msicert_native import _backend
+
+    calls: list[tuple[int, int]] = []
+    real = _backend.impl.winhttp_read_data
+
+    def spy(request: int, size: int) -> bytes:
+        data: bytes = real(request, size)
+        calls.append((size, len(data)))
+        return data
+
+    monkeypatch.setattr(_backend.impl, "winhttp_read_data", spy)
+    return calls
+
+
+@needs_server
+def test_capped_request_stops_reading_an_endless_body_one_byte_past_the_cap(
+        read_spy: list[tuple[int, int]]) -> None:
+    native = _native()
+    cap = 100_000
+    with pytest.raises(native.NativeError, match=f"exceeds {cap} bytes") as info:
+        native.https_request("GET", f"https://127.0.0.1:{PORTS['big']}/big", max_body=cap,
+                             timeout_ms=20_000, verify_server=False)
+    assert info.value.function == "WinHttpReadData"
+    # The server offers 1 GiB; WinHTTP was never asked for more than cap + 1 bytes in all.
+    assert sum(asked for asked, _ in read_spy) == cap + 1
+    assert sum(got for _, got in read_spy) == cap + 1
+
+
+@needs_server
+def test_token_leg_over_winhttp_reads_at_most_the_posix_cap_of_an_endless_body(
+        read_spy: list[tuple[int, int]]) -> None:
+    import urllib3
+
+    from msicert import TokenError, _token
+    from msicert._tls_windows import WinHttpPool
+
+    with _import_pfx(Path(TLS_DIR) / "client.pfx", "msicert") as ref:
+        pool = WinHttpPool(ref.duplicate(), verify_server=False)
+        try:
+            with pytest.raises(TokenError, match="not a JSON object"):
+                _token.request_token(
+                    pool, mtls_endpoint=f"https://127.0.0.1:{PORTS['bigtoken']}/big",
+                    tenant_id="t", client_id=str(uuid.uuid4()), resource="https://vault",
+                    claims=None, timeout=urllib3.Timeout(connect=20, read=20))
+        finally:
+            pool.clear()
+    # Exactly what urllib3 reads on POSIX (msicert._token: _MAX_BODY + 1), not the 1 GiB.
+    assert sum(got for _, got in read_spy) == _token._MAX_BODY + 1
+    assert sum(asked for asked, _ in read_spy) == _token._MAX_BODY + 1
+
+
+@needs_server
+def test_preloaded_response_reads_the_whole_body_and_closes_its_handles() -> None:
+    from msicert._tls_windows import WinHttpPool
+
+    with _import_pfx(Path(TLS_DIR) / "client.pfx", "msicert") as ref:
+        pool = WinHttpPool(ref.duplicate(), verify_server=False)
+        try:
+            resp = pool.request("GET", f"https://127.0.0.1:{PORTS['bigtoken']}/preload",
+                                timeout=20)
+        finally:
+            pool.clear()
+    assert resp.status == 200 and json.loads(resp.data)["path"] == "/preload"
+    assert resp._stream is None  # released: no WinHTTP handle left open

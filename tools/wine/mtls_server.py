@@ -1,8 +1,9 @@
 """Loopback HTTPS server that requires a client certificate (Wine tier, WinHTTP mTLS test).
 
-Usage: python3 mtls_server.py TLS_DIR PORT_FILE. Starts four servers on 127.0.0.1 and writes
-their ports as ``mtls=P1 nocert=P2 anon=P3 untrusted=P4`` to PORT_FILE: ``mtls`` and ``nocert``
-require a client certificate, ``anon`` and ``untrusted`` ask for none. One port per test,
+Usage: python3 mtls_server.py TLS_DIR PORT_FILE. Starts six servers on 127.0.0.1 and writes
+their ports as ``mtls=P1 nocert=P2 anon=P3 untrusted=P4 big=P5 bigtoken=P6`` to PORT_FILE:
+``mtls`` and ``nocert`` require a client certificate, the others ask for none. A path
+containing ``/big`` gets an endless (1 GiB) body, for the body-cap tests. One port per test,
 because Wine's WinHTTP caches per host:port within a process (a resumed or already-accepted
 connection would carry an earlier client certificate or skip server verification). Every
 GET/POST gets JSON naming the client certificate's subject CN, with a Content-Length (openssl
@@ -28,6 +29,9 @@ class Handler(BaseHTTPRequestHandler):
     def _reply(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body_in = self.rfile.read(length) if length else b""
+        if "/big" in self.path:
+            self._endless()
+            return
         peer = self.connection.getpeercert() or {}
         cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "")
         body = json.dumps(
@@ -48,6 +52,21 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_GET = do_POST = _reply
+
+    def _endless(self) -> None:
+        """A 1 GiB JSON-looking body, sent until the client hangs up (body-cap tests)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(1 << 30))
+        self.end_headers()
+        chunk = b"x" * 65536
+        try:
+            self.wfile.write(b'{"access_token": "')
+            for _ in range((1 << 30) // len(chunk)):
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            pass  # the client stopped reading: what the test wants
+        self.close_connection = True
 
     def log_message(self, fmt: str, *args: object) -> None:
         sys.stderr.write("mtls_server: " + fmt % args + "\n")
@@ -70,6 +89,8 @@ def main() -> None:
         "nocert": _server(tls, client_cert=True),
         "anon": _server(tls, client_cert=False),
         "untrusted": _server(tls, client_cert=False),
+        "big": _server(tls, client_cert=False),
+        "bigtoken": _server(tls, client_cert=False),
     }
     for server in servers.values():
         threading.Thread(target=server.serve_forever, daemon=True).start()
