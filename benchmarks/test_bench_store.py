@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 OTHERS = [1, 1000]
-# msicert._store_file's per-process memos (parsed entries by content; checked key/cert pairs)
+# _file_store's per-process memos (parsed entries by content; checked key/cert pairs)
 _PER_PROCESS_MEMOS = ("_parsed", "_verified")
 LOOKUP = pytest.mark.benchmark(group="store lookup", min_time=2e-4, max_time=2.0, warmup=True)
 _BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
@@ -130,13 +130,13 @@ def test_store_lookup_first_in_process(
     Also confirms that this path never validates the RSA key: every key load passes
     ``unsafe_skip_rsa_key_validation=True``.
     """
-    from msicert import _store_file
+    from msicert.backends.posix import _file_store
 
     store_dir = populated_store(others)
 
     def forget() -> None:  # the library's per-process memos of entries it has checked
         for name in _PER_PROCESS_MEMOS:
-            memo = getattr(_store_file, name, None)
+            memo = getattr(_file_store, name, None)
             if memo is not None:
                 memo.clear()
 
@@ -159,7 +159,7 @@ def test_store_lookup_first_in_process(
     result = benchmark.pedantic(lookup, setup=forget, rounds=400, warmup_rounds=20)
     assert result.source == "store"
     assert len(key_loads) >= 400, (
-        "clearing msicert._store_file's memos no longer makes a lookup check the key: the "
+        "clearing _file_store's memos no longer makes a lookup check the key: the "
         "library memoises elsewhere now; update _PER_PROCESS_MEMOS so this stays a first lookup"
     )
     assert all(c["kwargs"].get("unsafe_skip_rsa_key_validation") is True for c in key_loads)

@@ -244,7 +244,7 @@ def _store_missing(client: Any) -> bool:
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.all:
         return _status_all(args)
-    from ._store import CorruptEntry
+    from .backends.contract import CorruptEntry
 
     client = _client(args)
     now = time.time()
@@ -268,7 +268,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _status_all(args: argparse.Namespace) -> int:
     from ._identity import Identity
-    from ._store import CorruptEntry
+    from .backends.contract import CorruptEntry
 
     client = _client(args)
     directory = getattr(client.store, "directory", None)

@@ -23,16 +23,17 @@ from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
 from ._secret import Secret
-from ._store import CorruptEntry, Store, default_store
+from .backends import default_store
+from .backends.contract import CorruptEntry, Store
 
 if TYPE_CHECKING:
     import ssl
 
     import urllib3
 
-    from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
-    from ._store import KeyMaterial
-    from ._tokens import TokenManager
+    from ._token_cache import TokenManager
+    from .backends.contract import KeyMaterial
+    from .wire._imds import ImdsClient, PlatformMetadata, RetryPolicy
 
 # Minting needs more than the store-first hot path: _imds (json, uuid, urllib3), _csr and
 # cryptography's serialization are imported on the first mint, keeping `import msicert` cheap.
@@ -337,7 +338,7 @@ class ManagedIdentityClient:
 
     def _imds(self) -> ImdsClient:
         if self._imds_client is None:
-            from ._imds import ImdsClient
+            from .wire._imds import ImdsClient
 
             connect, read, _, sleep = self._imds_options
             self._imds_client = ImdsClient(
@@ -348,7 +349,7 @@ class ManagedIdentityClient:
 
     def _policy(self) -> RetryPolicy:
         if self._retry_policy is None:
-            from ._imds import RetryPolicy
+            from .wire._imds import RetryPolicy
 
             self._retry_policy = self._imds_options[2] or RetryPolicy.from_env()
         return self._retry_policy
@@ -405,7 +406,7 @@ class ManagedIdentityClient:
             return manager
         with self._token_manager_lock:
             if self._token_manager is None:
-                from ._tokens import TokenManager
+                from ._token_cache import TokenManager
 
                 connect, read = self._ests_timeouts
                 self._token_manager = TokenManager(
@@ -449,8 +450,8 @@ class ManagedIdentityClient:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        from ._attestation import attestation_token
-        from ._csr import build_csr, csr_to_wire
+        from .backends.windows._attestation import attestation_token
+        from .wire._csr import build_csr, csr_to_wire
 
         csr = build_csr(
             spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
@@ -460,7 +461,7 @@ class ManagedIdentityClient:
         try:
             issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
         except ImdsError as exc:
-            from ._imds import is_attestation_refusal
+            from .wire._imds import is_attestation_refusal
 
             if is_attestation_refusal(exc):
                 raise AttestationRequiredError.from_refusal(
@@ -534,7 +535,7 @@ class ManagedIdentityClient:
         :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
         certificate store: use :meth:`request` (WinHTTP) there.
         """
-        from ._tls import TlsCache
+        from .backends.posix._ssl_transport import TlsCache
 
         cert = self.get_certificate()
         tls = self._tokens().tls

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from msicert import Identity
-from msicert._store import CorruptEntry
+from msicert.backends.contract import CorruptEntry
 from tests.certgen import CLIENT, ISSUER_CN, der, key_pem, make_cert, rsa_key
 
 UAMI = Identity.from_selectors(client_id="22222222-2222-3333-4444-555555555555")

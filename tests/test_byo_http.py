@@ -13,7 +13,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from msicert import KeyNotExportableError, MsiCertError
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 
 RESOURCE = "https://vault.azure.net"
 

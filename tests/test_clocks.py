@@ -16,11 +16,11 @@ import time
 import pytest
 
 from msicert import Identity, ImdsError, ImdsResponseError, TokenError
-from msicert._imds import ImdsClient, RetryPolicy
 from msicert._policy import State
-from msicert._store_file import FileStore
-from msicert._tokens import TokenManager
+from msicert._token_cache import TokenManager
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 
 RESOURCE = "https://vault.azure.net"
 SLACK = 1.5  # s added to every measured upper bound: generous, speed targets live in benchmarks

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from msicert import Identity
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import ROOT, cli_env
 
@@ -26,7 +26,7 @@ ISSUER = "managedidentitysnissuer.login.microsoft.com"
 RACER = r"""
 import os, sys, time
 import msicert._cli as cli
-import msicert._store_file as sf
+import msicert.backends.posix._file_store as sf
 crash = os.environ.get("CRASH_AT")
 if crash:
     def die(phase):
@@ -221,7 +221,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
 def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
     from msicert import ManagedIdentityClient
     from msicert._client import MINT_OVERHEAD, imds_worst_case
-    from msicert._imds import RetryPolicy
+    from msicert.wire._imds import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0
     # 2 calls x (8 tries x (2 + 10 s) + the reference's 70 s of waits)

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from msicert import Identity
-from msicert._imds import ImdsClient, RetryPolicy
-from msicert._store_file import default_directory
+from msicert.backends.posix._file_store import default_directory
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 from tests.conftest import ROOT, cli_env
 
 

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from msicert import Identity, ImdsResponseError
-from msicert._imds import mtls_endpoint, parse_issued_credential, parse_platform_metadata
 from msicert._policy import SYSTEM_ASSIGNED_CN, identity_mismatch
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
+from msicert.wire._imds import mtls_endpoint, parse_issued_credential, parse_platform_metadata
 from tests.certgen import CLIENT, ISSUER_CN, TENANT, der, key_pem, rsa_key
 
 NOW = time.time()

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from msicert import ImdsResponseError, ManagedIdentityClient
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import cli_json
 from tests.test_store_file import CORRUPTIONS, _write_entry
@@ -151,13 +151,13 @@ def test_failed_mint_never_deletes_the_last_valid_certificate(make_client, emu, 
 
 @pytest.mark.parametrize("reason", sorted(CORRUPTIONS))
 def test_corrupt_entry_is_removed_and_reminted_exactly_once(make_client, emu, store_dir, reason):
-    from msicert import _store_file
+    from msicert.backends.posix import _file_store
 
     store = FileStore(store_dir)
     make_client().get_certificate()
     data = Path(store.path_for(make_client().identity)).read_bytes()
     _write_entry(store, CORRUPTIONS[reason](data))
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     emu.reset()
     cert = make_client().get_certificate()
     assert cert.source == "imds"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from msicert import ImdsError
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 
 
@@ -292,7 +292,7 @@ def test_fake_key_generator_failure_during_renewal_keeps_the_valid_certificate(
     # Key generation is the injection boundary: a NativeError from CNG, or anything else a
     # provider raises, must not reach a caller that holds a usable certificate.
     import msicert_native
-    from msicert._keys import SoftwareKey
+    from msicert.backends.posix._software_key import SoftwareKey
 
     c, old = _due_for_renewal(make_client, emu, clock)
     real = SoftwareKey.generate
@@ -318,7 +318,7 @@ def test_fake_key_generator_failure_during_renewal_keeps_the_valid_certificate(
 
 def test_keyboard_interrupt_during_renewal_still_propagates(make_client, emu, clock,
                                                             monkeypatch, caplog):
-    from msicert._keys import SoftwareKey
+    from msicert.backends.posix._software_key import SoftwareKey
 
     c, old = _due_for_renewal(make_client, emu, clock)
 

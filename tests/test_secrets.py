@@ -21,8 +21,8 @@ import pytest
 
 from msicert import Identity, ImdsError, MsiCertError, TokenError
 from msicert._client import _Minted
-from msicert._imds import ImdsClient, RetryPolicy
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 from tests.conftest import run_cli
 
 RESOURCE = "https://vault.azure.net"
@@ -96,7 +96,7 @@ def collector():
 
 def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, store_dir,
                                                          collector, monkeypatch):
-    import msicert._attestation as attestation_module
+    import msicert.backends.windows._attestation as attestation_module
 
     monkeypatch.setattr(attestation_module, "attestation_token", lambda key, meta, ident:
                         ATTESTATION_TOKEN)  # as on a KeyGuard VM: every mint is attested
@@ -187,7 +187,7 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, stor
 
 
 def test_an_imds_error_never_echoes_the_attestation_token_even_in_part():
-    from msicert._imds import parse_issued_credential
+    from msicert.wire._imds import parse_issued_credential
 
     for cut in (0, 150, 190, 199, 230):  # where the echo starts relative to the 200-char excerpt
         body = b"x" * cut + ATTESTATION_TOKEN.encode() + b" trailing"

@@ -26,8 +26,8 @@ import pytest
 
 from msicert import Identity, ManagedIdentityClient, MsiCertError
 from msicert._policy import DEFAULT_ISSUER_CN, State, identity_mismatch, skew
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import ROOT, cli_env
 

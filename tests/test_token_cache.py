@@ -14,8 +14,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-import msicert._tokens as tokens_module
-from msicert._tokens import TokenManager
+import msicert._token_cache as tokens_module
+from msicert._token_cache import TokenManager
 
 RESOURCES = [f"https://r{i}.example" for i in range(4)]
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from ._errors import TokenError
 from ._model import AccessToken, BindingCertificate
-from ._tls import StaleCertificate, TlsCache
-from ._token import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
+from .backends.posix._ssl_transport import StaleCertificate, TlsCache
+from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
 
 if TYPE_CHECKING:
     import urllib3
@@ -71,7 +71,7 @@ _CLIENT_CERT_ALERTS = frozenset({
     "TLSV13_ALERT_CERTIFICATE_REQUIRED",
 })
 _EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF_OCCURRED_IN_VIOLATION_OF_PROTOCOL"})
-# WinHTTP (msicert._tls_windows raises urllib3 errors caused by a NativeError with .winerror):
+# WinHTTP (the WinHTTP transport raises urllib3 errors caused by a NativeError with .winerror):
 # the client certificate was asked for or refused / the server's certificate failed our check.
 _WINHTTP_REJECTED = frozenset({12044, 12157})
 _WINHTTP_SERVER_UNVERIFIED = frozenset({12037, 12038, 12045, 12169, 12175})

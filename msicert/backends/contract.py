@@ -1,21 +1,16 @@
-"""The store contract every backend meets, and the default store for this platform."""
+"""The store contract every backend meets (``Store``, ``KeyMaterial``, the single-flight lock)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ._errors import StoreError
-from ._identity import Identity
-from ._model import BindingCertificate
-from ._secret import Secret
+from .._errors import StoreError
+from .._identity import Identity
+from .._model import BindingCertificate
+from .._secret import Secret
 
-__all__ = ["CorruptEntry", "KeyMaterial", "NewEntry", "SingleFlightLock", "Store",
-           "default_store"]
-
-ENV_STORE_DIR = "MSICERT_STORE_DIR"
+__all__ = ["CorruptEntry", "KeyMaterial", "NewEntry", "SingleFlightLock", "Store"]
 
 
 class CorruptEntry(StoreError):
@@ -96,22 +91,3 @@ class KeyMaterial(Protocol):
 
     def close(self) -> None:
         """Release native handles once the key is linked to its stored certificate."""
-
-
-def default_store(store_dir: str | None = None, location: str | None = None) -> Store:
-    """File store on POSIX (or wherever ``store_dir`` is given); on Windows the certificate
-    store, ``location`` ``"current-user"`` (default) or ``"local-machine"``.
-    ``$MSICERT_STORE_DIR`` stands in for ``store_dir`` when neither is given."""
-    if store_dir is None and location is None:
-        store_dir = os.environ.get(ENV_STORE_DIR) or None  # e.g. the emulator's own store
-    if location is not None and store_dir is not None:
-        raise ValueError("give either a store directory or a Windows store location")
-    if store_dir is None and (sys.platform == "win32" or location is not None):
-        if sys.platform != "win32":
-            raise StoreError(f"the {location} certificate store exists only on Windows")
-        from ._store_windows import WindowsStore
-
-        return WindowsStore(location or "current-user")
-    from ._store_file import FileStore
-
-    return FileStore(store_dir)

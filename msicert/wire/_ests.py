@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ._errors import TokenError
-from ._secret import Secret
+from .._errors import TokenError
+from .._secret import Secret
 
 if TYPE_CHECKING:
     import urllib3
@@ -133,7 +133,7 @@ def client_headers(cid: str) -> dict[str, str]:
     ``return-client-request-id: true``, ``x-client-SKU``/``-Ver``/``-OS``); the OS value is
     ``sys.platform``, as MSAL Python sends it.
     """
-    from . import __version__
+    from .. import __version__
 
     return {
         "client-request-id": cid,
@@ -163,7 +163,7 @@ def request_token(
     """
     import urllib3
 
-    from ._tls import Watchdog
+    from ..backends.posix._ssl_transport import Watchdog
 
     url = token_url(mtls_endpoint, tenant_id)
     if urlsplit(url).scheme.lower() != "https":

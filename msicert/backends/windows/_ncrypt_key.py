@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._csr import PSS_SALT_LENGTH
-from ._identity import Identity
+from ..._identity import Identity
+from ...wire._csr import PSS_SALT_LENGTH
 
 if TYPE_CHECKING:
     from msicert_native import NCryptKey

@@ -25,16 +25,16 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from . import _policy
-from ._errors import StoreError
-from ._identity import Identity
-from ._lock import IdentityLock
-from ._model import BindingCertificate, x5t_s256
-from ._secret import Secret
-from ._store import CorruptEntry, NewEntry
+from ... import _policy
+from ..._errors import StoreError
+from ..._identity import Identity
+from ..._model import BindingCertificate, x5t_s256
+from ..._secret import Secret
+from ..contract import CorruptEntry, NewEntry
+from ._flock import IdentityLock
 
 if TYPE_CHECKING:
-    from ._keys import SoftwareKey
+    from ._software_key import SoftwareKey
 
 __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 
@@ -261,7 +261,7 @@ class FileStore:
 
     def generate_key(self, identity: Identity) -> SoftwareKey:
         """RSA 2048 in memory; persisted only inside the 0600 entry file."""
-        from ._keys import SoftwareKey  # only minting needs key generation
+        from ._software_key import SoftwareKey  # only minting needs key generation
 
         return SoftwareKey.generate()
 

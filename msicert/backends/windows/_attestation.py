@@ -10,12 +10,12 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from ._errors import AttestationError
-from ._identity import Identity
+from ..._errors import AttestationError
+from ..._identity import Identity
 
 if TYPE_CHECKING:
-    from ._imds import PlatformMetadata
-    from ._store import KeyMaterial
+    from ...wire._imds import PlatformMetadata
+    from ..contract import KeyMaterial
 
 __all__ = ["attestation_token"]
 
@@ -45,7 +45,7 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
         raise AttestationError(
             f"AttestKeyGuardImportKey failed for {identity.alias}", status=status
         ) from exc
-    from ._keys_windows import mark_attested
+    from ._ncrypt_key import mark_attested
 
     mark_attested(getattr(key, "name", ""))  # its certificate is tagged #att=1 (MSAL.NET)
     return token

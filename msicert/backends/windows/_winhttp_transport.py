@@ -1,7 +1,8 @@
 """mTLS on Windows: WinHTTP with the store's CERT_CONTEXT (Python's ssl cannot use a CNG key).
 
-Presents the same small surface as :class:`msicert._tls.TlsCache` (``pool(cert).request``,
-``evict``), and raises urllib3's exception types so the token leg treats both platforms alike.
+Presents the same small surface as the ``ssl`` transport's
+:class:`~msicert.backends.posix._ssl_transport.TlsCache` (``pool(cert).request``, ``evict``),
+and raises urllib3's exception types so the token leg treats both platforms alike.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._model import BindingCertificate
+from ..._model import BindingCertificate
 
 if TYPE_CHECKING:
     from msicert_native import CertRef, HttpStream
 
-    from ._store_windows import WindowsStore
+    from ._cert_store import WindowsStore
 
 __all__ = ["ENV_INSECURE", "WinHttpCache", "WinHttpPool"]
 

@@ -42,18 +42,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from . import _policy
-from ._errors import StoreError
-from ._identity import Identity
-from ._keys_windows import NCryptRsaKey, generate_key, key_is_alive, was_attested
-from ._lock import MutexLock
-from ._model import BindingCertificate, x5t_s256
-from ._store import CorruptEntry, NewEntry
+from ... import _policy
+from ..._errors import StoreError
+from ..._identity import Identity
+from ..._model import BindingCertificate, x5t_s256
+from ..contract import CorruptEntry, NewEntry
+from ._mutex import MutexLock
+from ._ncrypt_key import NCryptRsaKey, generate_key, key_is_alive, was_attested
 
 if TYPE_CHECKING:
     from msicert_native import CertRef, CertStore, KeyProvInfo
 
-    from ._tls_windows import WinHttpCache
+    from ._winhttp_transport import WinHttpCache
 
 __all__ = ["WindowsStore", "format_tag", "parse_tag", "reference_alias"]
 
@@ -488,7 +488,7 @@ class WindowsStore:
 
     def transport(self) -> WinHttpCache:
         """mTLS through WinHTTP with this store's certificate contexts."""
-        from ._tls_windows import WinHttpCache
+        from ._winhttp_transport import WinHttpCache
 
         return WinHttpCache(self)
 

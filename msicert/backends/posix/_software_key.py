@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ._csr import PSS_SALT_LENGTH
-from ._secret import Secret
+from ..._secret import Secret
+from ...wire._csr import PSS_SALT_LENGTH
 
 __all__ = ["SoftwareKey"]
 

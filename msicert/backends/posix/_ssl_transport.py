@@ -26,8 +26,8 @@ from collections import OrderedDict
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._errors import MsiCertError
-from ._model import BindingCertificate
+from ..._errors import MsiCertError
+from ..._model import BindingCertificate
 from ._trust import add_extra_trust
 
 if TYPE_CHECKING:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
-from ._identity import Identity, is_guid
-from ._policy import load_certificate
+from .._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
+from .._identity import Identity, is_guid
+from .._policy import load_certificate
 
 if TYPE_CHECKING:
     import urllib3
