@@ -22,6 +22,7 @@ from ._errors import (
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._mtls import KeyNotExportableError
+from ._version import __version__ as __version__
 
 __all__ = [
     "AccessToken",
@@ -40,7 +41,6 @@ __all__ = [
     "probe",
 ]
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -69,7 +69,7 @@ def _timeout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     common = _common()
     p = _Parser(
@@ -237,7 +237,7 @@ def _cmd_cert(args: argparse.Namespace) -> int:
 
 def _store_missing(client: Any) -> bool:
     """True when a file store's directory does not exist (status must not create it)."""
-    directory = getattr(client.store, "directory", None)
+    directory = client.store.directory
     return directory is not None and not os.path.isdir(directory)
 
 
@@ -271,7 +271,7 @@ def _status_all(args: argparse.Namespace) -> int:
     from .backends.contract import CorruptEntry
 
     client = _client(args)
-    directory = getattr(client.store, "directory", None)
+    directory = client.store.directory
     if directory is None:
         raise ValueError("status --all lists file stores only (use --store-dir)")
     names = [] if not os.path.isdir(directory) else sorted(

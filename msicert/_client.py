@@ -22,7 +22,6 @@ from ._errors import (
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
-from ._secret import Secret
 from .backends import default_store
 from .backends.contract import CorruptEntry, Store
 
@@ -87,15 +86,15 @@ def _describe(exc: Exception) -> str:
 
 @dataclass(frozen=True)
 class _Minted:
+    """A :class:`~msicert.backends.contract.NewEntry`: what the store links and persists."""
+
     der: bytes
-    # A Secret: reporters that capture locals repr objects and walk their __dict__.
-    key_pem: Secret[bytes] | bytes = field(repr=False)
+    # The key generate_key returned; its PEM (where exportable) is a Secret inside it.
+    key: KeyMaterial = field(repr=False)
     client_id: str
     tenant_id: str
     mtls_endpoint: str
     identity_type: str
-    key_name: str
-    key_kind: str
 
 
 class ManagedIdentityClient:
@@ -410,8 +409,9 @@ class ManagedIdentityClient:
 
                 connect, read = self._ests_timeouts
                 self._token_manager = TokenManager(
-                    self, clock=self._clock, sleep=self._sleep, connect_timeout=connect,
-                    read_timeout=read, total_timeout=self._ests_total_timeout,
+                    self, self._store.transport(), clock=self._clock, sleep=self._sleep,
+                    connect_timeout=connect, read_timeout=read,
+                    total_timeout=self._ests_total_timeout,
                 )
             return self._token_manager
 
@@ -450,14 +450,13 @@ class ManagedIdentityClient:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        from .backends.windows._attestation import attestation_token
         from .wire._csr import build_csr, csr_to_wire
 
         csr = build_csr(
             spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
             tenant_id=meta.tenant_id, cuid=meta.cuid,
         )
-        token = attestation_token(key, meta, self.identity)
+        token = key.attestation_token(meta)
         try:
             issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
         except ImdsError as exc:
@@ -498,10 +497,9 @@ class ManagedIdentityClient:
                 "check the system clock", step=step,
             )
         minted = _Minted(
-            der=issued.certificate_der, key_pem=key.key_pem, client_id=issued.client_id,
+            der=issued.certificate_der, key=key, client_id=issued.client_id,
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
-            identity_type=issued.identity_type, key_name=getattr(key, "name", ""),
-            key_kind=key.kind,
+            identity_type=issued.identity_type,
         )
         return minted, probe
 
@@ -535,15 +533,8 @@ class ManagedIdentityClient:
         :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
         certificate store: use :meth:`request` (WinHTTP) there.
         """
-        from .backends.posix._ssl_transport import TlsCache
-
         cert = self.get_certificate()
-        tls = self._tokens().tls
-        if not isinstance(tls, TlsCache):
-            from ._mtls import KeyNotExportableError
-
-            raise KeyNotExportableError(cert.x5t_s256, cert.key, cert.store)
-        return tls.context(cert)
+        return self._tokens().tls.context(cert)
 
     def _mtls_pool(self) -> tuple[BindingCertificate, Any]:
         """The current certificate and the pool presenting it (urllib3 or WinHTTP)."""
@@ -555,12 +546,13 @@ class ManagedIdentityClient:
 
         The certificate stays in memory and in the store; a later call reopens what it needs.
         """
-        from ._mtls import close_client_resources
-
         tokens, imds = self._token_manager, self._imds_client
         self._token_manager = None
         self._imds_client = None
-        close_client_resources(tokens, imds)
+        if tokens is not None:
+            tokens.tls.close()
+        if imds is not None:
+            imds.close()
 
     def __enter__(self) -> ManagedIdentityClient:
         return self

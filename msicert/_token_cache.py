@@ -10,20 +10,18 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from ._errors import TokenError
 from ._model import AccessToken, BindingCertificate
-from .backends.posix._ssl_transport import StaleCertificate, TlsCache
+from .backends.contract import StaleCertificate, Transport
 from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
 
 if TYPE_CHECKING:
     import urllib3
 
-    from ._client import ManagedIdentityClient
-
-__all__ = ["MAX_CACHED", "TokenManager"]
+__all__ = ["MAX_CACHED", "CertificateSource", "TokenManager"]
 
 log = logging.getLogger("msicert")
 _EXPIRY_MARGIN = 300.0
@@ -135,8 +133,24 @@ def _scrub(exc: BaseException) -> None:
             traceback.clear_frames(e.__traceback__)
 
 
+class CertificateSource(Protocol):
+    """What the token leg needs of a client: the current certificate, and two ways to drop
+    it (``ManagedIdentityClient`` is one)."""
+
+    def get_certificate(self) -> BindingCertificate:
+        """A usable binding certificate (memory, store, or a new mint)."""
+
+    def forget(self) -> None:
+        """Drop the in-memory certificate; the next call reads the store again."""
+
+    def invalidate(self, x5t_s256: str) -> None:
+        """Forget the certificate and remove it from the store (the service refused it)."""
+
+
 class TokenManager:
     """The mtls_pop side of a ManagedIdentityClient (one per client).
+
+    ``source`` gives the certificate; ``transport`` (the store's) presents it over mTLS.
 
     The token cache holds at most :data:`MAX_CACHED` (256) keys, one per resource: when a new key
     would exceed it, keys whose token can no longer be served go first, then the oldest ones.
@@ -145,7 +159,8 @@ class TokenManager:
 
     def __init__(
         self,
-        client: ManagedIdentityClient,
+        source: CertificateSource,
+        transport: Transport,
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
@@ -155,14 +170,13 @@ class TokenManager:
         total_timeout: float | None = 60.0,
         max_cached: int = MAX_CACHED,
     ) -> None:
-        self._client = client
+        self._client = source
         self._clock = clock
         self._sleep = sleep
         self._timeouts = (connect_timeout, read_timeout)
         self._total_timeout = total_timeout
         self._server_error_delay = server_error_delay
-        transport = getattr(client.store, "transport", None)  # WinHTTP on the Windows store
-        self.tls: TlsCache = transport() if transport is not None else TlsCache()
+        self.tls = transport
         self._max_cached = max_cached
         self._slots: dict[str, _Slot] = {}  # insertion order = age
         self._slots_guard = threading.Lock()
@@ -371,10 +385,11 @@ class TokenManager:
             token = self.acquire(resource)
             cert = self._client.get_certificate()
         try:
-            return self.tls.pool(cert).request(
+            resp: urllib3.BaseHTTPResponse = self.tls.pool(cert).request(
                 method, url, body=body, headers=_with_authorization(headers, token),
                 timeout=timeout, redirect=False,
             )
+            return resp
         except BaseException as exc:
             _scrub(exc)  # the frames below held the Authorization header
             raise

@@ -247,8 +247,10 @@ def test_imds_connect_timeout_is_configurable(emu):
 def test_ests_timeouts_of_the_token_manager_are_honoured(make_client, emu):
     c = make_client()
     c.get_certificate()
-    assert TokenManager(c, clock=time.time)._timeouts == (5.0, 30.0)  # the defaults
-    c._token_manager = TokenManager(c, clock=time.time, connect_timeout=0.5, read_timeout=0.3)
+    defaults = TokenManager(c, c.store.transport(), clock=time.time)
+    assert defaults._timeouts == (5.0, 30.0)
+    c._token_manager = TokenManager(c, c.store.transport(), clock=time.time,
+                                    connect_timeout=0.5, read_timeout=0.3)
     emu.inject("token", Fault(delay=3.0))
     t0 = time.monotonic()
     with pytest.raises(TokenError, match="ReadTimeoutError"):

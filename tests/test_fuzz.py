@@ -48,7 +48,7 @@ from msicert.wire._imds import (
     parse_platform_metadata,
 )
 from tests.certgen import ISSUER_CN, key_pem, make_cert, rsa_key
-from tests.store_contract import UAMI, entry
+from tests.store_contract import UAMI, PemKey, entry, pem_of
 
 # --- profiles ---------------------------------------------------------------------------------
 
@@ -455,7 +455,7 @@ def test_store_parser_returns_a_consistent_entry_or_corrupt_entry(data, identity
 @dataclass
 class FuzzEntry:
     der: bytes
-    key_pem: bytes
+    key: PemKey
     client_id: str
     tenant_id: str
     mtls_endpoint: str
@@ -467,9 +467,10 @@ new_entries = st.builds(
     FuzzEntry,
     der=st.one_of(st.just(GOOD_NEW.der), st.just(GOOD_NEW.der),
                   st.builds(_mutate, st.just(GOOD_NEW.der), mutations()), st.just(P12)),
-    key_pem=st.one_of(st.just(GOOD_NEW.key_pem), st.just(GOOD_NEW.key_pem),
-                      st.sampled_from([OTHER_KEY_PEM, P12, b"", b"-----BEGIN PRIVATE KEY-----"]),
-                      st.builds(_mutate, st.just(GOOD_NEW.key_pem), mutations())),
+    key=st.builds(PemKey, st.one_of(
+        st.just(pem_of(GOOD_NEW)), st.just(pem_of(GOOD_NEW)),
+        st.sampled_from([OTHER_KEY_PEM, P12, b"", b"-----BEGIN PRIVATE KEY-----"]),
+        st.builds(_mutate, st.just(pem_of(GOOD_NEW)), mutations()))),
     # mostly good values, so that a fair share of the puts succeeds and is read back
     client_id=st.one_of(st.just(GOOD_NEW.client_id), st.just(GOOD_NEW.client_id), text),
     tenant_id=st.one_of(st.just(GOOD_NEW.tenant_id), st.just(GOOD_NEW.tenant_id), text),

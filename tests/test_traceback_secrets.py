@@ -211,6 +211,6 @@ def test_software_key_pem_and_mint_record_are_secrets():
     key = SoftwareKey.generate()
     assert isinstance(key.key_pem, Secret) and b"PRIVATE KEY" in key.key_pem.reveal()
     assert "PRIVATE KEY" not in repr(key) + repr(vars(key)) + str(key.key_pem)
-    minted = _Minted(der=b"", key_pem=key.key_pem, client_id="", tenant_id="",
-                     mtls_endpoint="", identity_type="", key_name="", key_kind="file")
+    minted = _Minted(der=b"", key=key, client_id="", tenant_id="", mtls_endpoint="",
+                     identity_type="")
     assert "PRIVATE KEY" not in repr(vars(minted))

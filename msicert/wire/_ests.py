@@ -17,6 +17,8 @@ from .._secret import Secret
 if TYPE_CHECKING:
     import urllib3
 
+    from ..backends.contract import Pool
+
 __all__ = [
     "CLIENT_SKU",
     "EstsTimeout",
@@ -133,7 +135,7 @@ def client_headers(cid: str) -> dict[str, str]:
     ``return-client-request-id: true``, ``x-client-SKU``/``-Ver``/``-OS``); the OS value is
     ``sys.platform``, as MSAL Python sends it.
     """
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "client-request-id": cid,
@@ -145,7 +147,7 @@ def client_headers(cid: str) -> dict[str, str]:
 
 
 def request_token(
-    pool: urllib3.PoolManager,
+    pool: Pool,
     *,
     mtls_endpoint: str,
     tenant_id: str,
@@ -163,7 +165,7 @@ def request_token(
     """
     import urllib3
 
-    from ..backends.posix._ssl_transport import Watchdog
+    from ._watchdog import Watchdog
 
     url = token_url(mtls_endpoint, tenant_id)
     if urlsplit(url).scheme.lower() != "https":

@@ -340,6 +340,12 @@ class ImdsClient:
         self._sleep = sleep
         self._pool: urllib3.PoolManager | None = None
 
+    def close(self) -> None:
+        """Close the pooled connections (a later call opens new ones)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.clear()
+
     def _http(self) -> urllib3.PoolManager:
         if self._pool is None:
             self._pool = _watched_pool_manager()

@@ -44,28 +44,9 @@ def _identities() -> list[Any]:
     return [Identity(), UAMI, Identity.from_selectors(object_id=UAMI.value)]
 
 
-class _KeyedStore:
-    """WindowsStore whose puts get a real CNG key (the store links the certificate to it)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.description = store.description
-
-    def put(self, identity: Any, entry: Any, *, issuer_cn: str) -> Any:
-        import msicert_native as native
-
-        name = f"msicert-contract-{uuid.uuid4().hex[:12]}"
-        with native.open_provider() as provider:
-            native.create_rsa_key(provider, name, keyguard=False).close()
-        entry.key_name, entry.key_kind = name, "software-ksp"
-        return self._store.put(identity, entry, issuer_cn=issuer_cn)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
 class TestWindowsStoreContract(StoreContract):
-    """The same contract the file store meets, on CurrentUser\\My through msicert_native."""
+    """The same contract the file store meets, on CurrentUser\\My through msicert_native:
+    the store itself, no wrapper (its own generate_key makes the CNG key each entry carries)."""
 
     @pytest.fixture
     def store(self) -> Iterator[Any]:
@@ -74,7 +55,7 @@ class TestWindowsStoreContract(StoreContract):
         ws = WindowsStore("current-user")
         for identity in _identities():
             ws.purge(identity)
-        yield _KeyedStore(ws)
+        yield ws
         for identity in _identities():
             ws.purge(identity)
 

@@ -35,6 +35,7 @@ from ._flock import IdentityLock
 
 if TYPE_CHECKING:
     from ._software_key import SoftwareKey
+    from ._ssl_transport import TlsCache
 
 __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 
@@ -265,6 +266,12 @@ class FileStore:
 
         return SoftwareKey.generate()
 
+    def transport(self) -> TlsCache:
+        """mTLS through Python's ``ssl``, each context loaded from the entry file itself."""
+        from ._ssl_transport import TlsCache
+
+        return TlsCache()
+
     # --- read ------------------------------------------------------------------------------
     def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
         """Load the identity's entry (never runs RSA key validation)."""
@@ -423,7 +430,8 @@ class FileStore:
             raise StoreError("refusing to store an unparsable certificate") from exc
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
         try:
-            data = Secret(header.encode("utf-8") + _as_secret(entry.key_pem).reveal() + cert_pem)
+            key_pem = _as_secret(entry.key.key_pem)
+            data = Secret(header.encode("utf-8") + key_pem.reveal() + cert_pem)
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800"
             raise StoreError("refusing to store metadata that is not valid Unicode") from exc
         path = self.path_for(identity)
