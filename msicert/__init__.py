@@ -22,6 +22,7 @@ from ._errors import (
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._mtls import KeyNotExportableError
+from ._timeouts import Timeouts
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
+    "Timeouts",
     "TokenError",
     "probe",
 ]

@@ -218,10 +218,14 @@ def _client(args: argparse.Namespace, timeout: float | None = None):  # type: ig
     if timeout is not None:
         if timeout <= 0:
             raise ValueError("--timeout must be positive")
-        kw = {"deadline": timeout, "renewal_deadline": min(10.0, timeout),
-              "lock_timeout": min(120.0, timeout), "connect_timeout": min(2.0, timeout),
-              "ests_connect_timeout": min(5.0, timeout),
-              "ests_read_timeout": min(30.0, timeout)}
+        from ._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS, Timeouts
+
+        imds, ests = DEFAULT_IMDS_TIMEOUTS, DEFAULT_ESTS_TIMEOUTS
+        kw = {"imds_timeouts": Timeouts(connect=min(imds.connect, timeout), read=imds.read,
+                                        total=timeout),
+              "ests_timeouts": Timeouts(connect=min(ests.connect, timeout),
+                                        read=min(ests.read, timeout), total=ests.total),
+              "renewal_deadline": min(10.0, timeout), "lock_timeout": min(120.0, timeout)}
     return ManagedIdentityClient(
         client_id=args.client_id, object_id=args.object_id, resource_id=args.resource_id,
         store_dir=args.store_dir, store_location=args.store, **kw,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from ._errors import TokenError
 from ._model import AccessToken, BindingCertificate
+from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
 from .backends.contract import StaleCertificate, Transport
 from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
 
@@ -154,7 +155,8 @@ class TokenManager:
 
     The token cache holds at most :data:`MAX_CACHED` (256) keys, one per resource: when a new key
     would exceed it, keys whose token can no longer be served go first, then the oldest ones.
-    ``total_timeout`` bounds each ESTS request as a whole (``ests_total_timeout``).
+    ``timeouts`` (the client's ``ests_timeouts``): ``connect`` and ``read`` bound each connect
+    and each wait for bytes, ``total`` each ESTS request as a whole.
     """
 
     def __init__(
@@ -164,17 +166,14 @@ class TokenManager:
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        timeouts: Timeouts = DEFAULT_ESTS_TIMEOUTS,
         server_error_delay: float = 1.0,
-        total_timeout: float | None = 60.0,
         max_cached: int = MAX_CACHED,
     ) -> None:
         self._client = source
         self._clock = clock
         self._sleep = sleep
-        self._timeouts = (connect_timeout, read_timeout)
-        self._total_timeout = total_timeout
+        self._timeouts = timeouts
         self._server_error_delay = server_error_delay
         self.tls = transport
         self._max_cached = max_cached
@@ -290,13 +289,13 @@ class TokenManager:
         """One token request; a 5xx or a connection closed under it is retried once."""
         import urllib3
 
-        timeout = urllib3.Timeout(connect=self._timeouts[0], read=self._timeouts[1])
+        timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
         for attempt in (1, 2):
             try:
                 return request_token(
                     self.tls.pool(cert), mtls_endpoint=cert.mtls_endpoint,
                     tenant_id=cert.tenant_id, client_id=cert.client_id, resource=resource,
-                    claims=claims, timeout=timeout, total_timeout=self._total_timeout,
+                    claims=claims, timeout=timeout, total_timeout=self._timeouts.total,
                 )
             except EstsTimeout:
                 raise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msicert import ImdsError
+from msicert import ImdsError, Timeouts
 from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 
@@ -239,7 +239,8 @@ time.sleep(120)
 
 def test_lock_held_by_another_process_longer_than_the_lock_wait_warns_once_and_backs_off(
         make_client, emu, clock, store_dir, caplog):
-    c, old = _due_for_renewal(make_client, emu, clock, deadline=5.0)
+    c, old = _due_for_renewal(make_client, emu, clock,
+                              imds_timeouts=Timeouts(connect=2.0, read=10.0, total=5.0))
     assert c.lock_wait == 35.0  # deadline + MINT_OVERHEAD: the longest a holder can take
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
                                os.path.join(store_dir, "msal_mtls.lock")],

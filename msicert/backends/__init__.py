@@ -29,7 +29,8 @@ def default_store(store_dir: str | None = None, location: str | None = None) -> 
     if store_dir is None and location is None:
         store_dir = os.environ.get(ENV_STORE_DIR) or None  # e.g. the emulator's own store
     if location is not None and store_dir is not None:
-        raise ValueError("give either a store directory or a Windows store location")
+        raise ValueError("give store_dir= or store_location=, not both: a directory holds the "
+                         "file store, a location names a Windows certificate store")
     if store_dir is None and (sys.platform == "win32" or location is not None):
         if sys.platform != "win32":
             raise StoreError(f"the {location} certificate store exists only on Windows")

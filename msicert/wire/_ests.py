@@ -44,7 +44,7 @@ class TokenResponse:
 
 
 class EstsTimeout(TokenError):
-    """The ESTS request did not complete within ``ests_total_timeout``."""
+    """The ESTS request did not complete within ``ests_timeouts.total``."""
 
 
 class EstsRejected(TokenError):
@@ -213,6 +213,6 @@ def request_token(
 
 def _timed_out(total_timeout: float | None, cid: str) -> EstsTimeout:
     return EstsTimeout(
-        f"ESTS did not answer within ests_total_timeout ({total_timeout:g} s)",
+        f"ESTS did not answer within ests_timeouts.total ({total_timeout:g} s)",
         correlation_id=cid,
     )
