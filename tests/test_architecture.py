@@ -157,3 +157,31 @@ def test_no_getattr_probes_a_store_key_entry_or_transport() -> None:
                 if any(word in target for word in _CONTRACT_WORDS):
                     found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
+
+
+@pytest.mark.parametrize("package", ["msicert.wire", "msicert.backends", "msicert.backends.posix",
+                                     "msicert.backends.windows"])
+def test_each_package_says_what_lives_there_and_what_it_may_import(package: str) -> None:
+    import importlib
+
+    doc = importlib.import_module(package).__doc__ or ""
+    assert "import" in doc and len(doc.split()) > 30, package
+    named = {p.stem for p in (ROOT / package.replace(".", "/")).glob("_*.py")} - {"__init__"}
+    named |= {p.stem for p in (ROOT / package.replace(".", "/")).glob("[a-z]*.py")}
+    for module in named:  # every module of the package is described there
+        assert f"``{module}``" in doc or f"{package}.{module}" in doc or module in doc, module
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="checks the non-Windows case")
+def test_the_windows_backend_imports_here_and_its_calls_fail_clearly() -> None:
+    """filelock-style: the names exist off Windows, and using them says why it cannot work."""
+    from msicert import Identity, StoreError
+    from msicert.backends.windows._cert_store import WindowsStore
+    from msicert.backends.windows._mutex import MutexLock
+
+    store = WindowsStore("current-user")
+    with pytest.raises(StoreError, match=r"cannot open CurrentUser\\My: .*needs Windows"):
+        store.find(Identity(), issuer_cn="x")
+    with pytest.raises(StoreError, match=r"cannot create the mutex .*needs Windows"), \
+            MutexLock("Global\\msicert-test", timeout=1.0).hold():
+        pass
