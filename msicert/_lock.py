@@ -172,18 +172,23 @@ class MutexLock:
             yield False
             return
         try:
-            wait_ms = int(self.timeout * 1000) if blocking else 0
             with contextlib.ExitStack() as stack:
                 try:
-                    self._enter(stack, wait_ms)
-                except msicert_native.NativeTimeoutError as exc:
-                    if blocking:
+                    self._enter(stack, 0)  # free: no wait, and nothing to say
+                except msicert_native.NativeTimeoutError:
+                    if not blocking:
+                        yield False
+                        return
+                    # One line per wait: the CLI shows it on stderr (as the POSIX flock does).
+                    log.info("waiting for another process to finish minting (mutex %s, up to "
+                             "%.0f s)", self.name, self.timeout, extra={"wait": True})
+                    try:
+                        self._enter(stack, int(self.timeout * 1000))
+                    except msicert_native.NativeTimeoutError as exc:
                         raise StoreError(
                             f"timed out after {self.timeout:.0f} s waiting for another process "
                             f"holding {self.name}"
                         ) from exc
-                    yield False
-                    return
                 yield True
         finally:
             self._thread.release()
