@@ -214,28 +214,40 @@ def name_values(der: bytes) -> list[tuple[bytes, str]] | None:
     RDN, a duplicate attribute in one RDN, a length cryptography would warn about, or
     malformed DER. cryptography parses every name this accepts to the same values.
     """
+    element = der_element
     try:
-        tag, pos, end = der_element(der, 0, len(der))
+        tag, pos, end = element(der, 0, len(der))
         if tag != 0x30 or end != len(der):
             return None
         out: list[tuple[bytes, str]] = []
         while pos < end:
-            tag, rpos, rend = der_element(der, pos, end)
+            tag, rpos, rend = element(der, pos, end)
             if tag != 0x31 or rpos == rend:
                 return None
             first = len(out)
             previous = b""
             while rpos < rend:
-                tag, apos, aend = der_element(der, rpos, rend)
+                # AttributeTypeAndValue ::= SEQUENCE { OID, value }: short DER lengths are
+                # read inline (a name is a hot spot of a first store lookup)
+                if der[rpos] != 0x30:
+                    return None
+                size = der[rpos + 1]
+                if size < 0x80:
+                    apos, aend = rpos + 2, rpos + 2 + size
+                    if aend > rend:
+                        return None
+                else:
+                    tag, apos, aend = element(der, rpos, rend)
                 encoding = der[rpos:aend]
-                if tag != 0x30 or encoding <= previous:  # DER sorts a SET OF strictly
+                if encoding <= previous:  # DER sorts a SET OF strictly
                     return None
                 previous, rpos = encoding, aend
-                tag, opos, oend = der_element(der, apos, aend)
-                if tag != 0x06:
+                size = der[apos + 1]
+                if der[apos] != 0x06 or size >= 0x80:
                     return None
+                opos, oend = apos + 2, apos + 2 + size
                 oid = der[opos:oend]
-                vtag, vpos, vend = der_element(der, oend, aend)
+                vtag, vpos, vend = element(der, oend, aend)
                 if vend != aend or not _oid_ok(oid):
                     return None
                 raw = der[vpos:vend]
@@ -249,12 +261,12 @@ def name_values(der: bytes) -> list[tuple[bytes, str]] | None:
                 limits = _LENGTH_LIMITS.get(oid)
                 if limits is not None and not limits[0] <= len(raw) <= limits[1]:
                     return None
-                if (oid, value) in out[first:]:  # cryptography refuses a duplicate
-                    return None
+                if first != len(out) and (oid, value) in out[first:]:
+                    return None  # cryptography refuses a duplicate attribute in one RDN
                 out.append((oid, value))
             pos = rend
         return out
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, IndexError, UnicodeDecodeError):
         return None
 
 
