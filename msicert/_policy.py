@@ -6,7 +6,6 @@ Nothing here reads a clock or touches a file: every function takes ``now`` (POSI
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
@@ -166,9 +165,6 @@ _UTF8, _PRINTABLE, _IA5 = 0x0C, 0x13, 0x16
 _PRINTABLE_BYTES = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
 )
-# An OID's contents: base-128 arcs, none with a leading 0x80 byte, each of at most 9 bytes
-# (so 63 bits, well within what cryptography's parser takes), 63 bytes in all.
-_OID = re.compile(rb"(?:[\x81-\xff][\x80-\xff]{0,7}[\x00-\x7f]|[\x00-\x7f])+")
 _good_oids: set[bytes] = {OID_CN, OID_DC}  # OID encodings already checked (public bytes)
 
 
@@ -198,10 +194,21 @@ def der_element(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
 
 
 def _oid_ok(oid: bytes) -> bool:
+    """An OID's contents: base-128 arcs, none starting with a 0x80 byte, each of at most 9
+    bytes (63 bits, well within what cryptography's parser takes), 63 bytes in all."""
     if oid in _good_oids:
         return True
-    if len(oid) > 63 or _OID.fullmatch(oid) is None:
+    if not 0 < len(oid) <= 63 or oid[-1] >= 0x80:
         return False
+    at = 0  # bytes read of the current arc
+    for byte in oid:
+        if at == 0 and byte == 0x80:
+            return False
+        at += 1
+        if byte < 0x80:
+            at = 0
+        elif at >= 9:
+            return False
     _good_oids.add(oid)
     return True
 
