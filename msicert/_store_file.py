@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 anyway
 
 from . import _policy
 from ._errors import StoreError
@@ -210,7 +211,9 @@ def _rsa_public_numbers(key_block: Secret[bytes]) -> tuple[int, int] | None:
     Reads what cryptography's loader reads, more strictly (canonical base64 in 64-character
     lines, DER, two-prime RSA, every number positive), and checks no RSA arithmetic either:
     anything it returns None for goes to cryptography's loader, which decides as before.
+    The decoded key lives in locals of this frame only, emptied before it is left.
     """
+    body = text = der = b""
     try:
         body = key_block.reveal()[len(_KEY_BEGIN) : -len(_KEY_END)]
         text = body.replace(b"\n", b"")
@@ -263,6 +266,8 @@ def _rsa_public_numbers(key_block: Secret[bytes]) -> tuple[int, int] | None:
         return numbers[0], numbers[1]
     except (ValueError, IndexError, binascii.Error):
         return None
+    finally:  # a traceback keeps this frame: leave it with its locals emptied
+        body = text = der = b""
 
 
 class FileStore:
@@ -513,8 +518,6 @@ class FileStore:
                 return None
             public = _rsa_public_numbers(key_block)
             cert_key = cert.public_key()
-            from cryptography.hazmat.primitives.asymmetric import rsa
-
             if public is None or not isinstance(cert_key, rsa.RSAPublicKey):
                 return None
             numbers = cert_key.public_numbers()
@@ -546,8 +549,6 @@ class FileStore:
     @staticmethod
     def _check_key(entry: BindingCertificate, key_block: Secret[bytes], location: str) -> None:
         """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
         try:
             key = serialization.load_pem_private_key(
                 key_block.reveal(), None, unsafe_skip_rsa_key_validation=True

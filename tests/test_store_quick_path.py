@@ -490,3 +490,28 @@ def test_fuzzed_entries_get_the_same_answer_on_both_paths(store, good, region, a
         data = good[:stop] + good[start:stop] + good[stop:]
     _both(store, data)
     _both(store, data, UAMI)
+
+
+def test_an_unexpected_failure_in_the_key_reader_leaves_no_key_bytes_in_its_frame(good,
+                                                                                   monkeypatch):
+    from msicert._secret import Secret
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_policy, "der_element", boom)
+    start = good.index(b"-----BEGIN PRIVATE KEY-----")
+    stop = good.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----")
+    with pytest.raises(RuntimeError) as info:
+        _store_file._rsa_public_numbers(Secret(good[start:stop]))
+    frames = []
+    tb = info.value.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    (frame,) = [f for f in frames if f.f_code.co_name == "_rsa_public_numbers"]
+    key_der = _key_der(good)
+    for name, value in frame.f_locals.items():
+        if isinstance(value, bytes) and name != "key_block":
+            assert value[:64] not in good[start:stop] or not value, name
+            assert key_der[40:80] not in value, name
