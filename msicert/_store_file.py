@@ -405,7 +405,8 @@ class FileStore:
         """Parse and check one entry's bytes; CorruptEntry says why it cannot be used.
 
         The bytes hold the private key: they stay in a Secret (plain bytes are wrapped at once)
-        and only the certificate block is ever sliced out as plain bytes.
+        and only the certificate block is ever sliced out as plain bytes (the key's modulus and
+        exponent are read in :func:`_rsa_public_numbers`, which empties its locals on return).
         """
         return self._parse(data, identity, issuer_cn, location, digest=None, thorough=False)
 
