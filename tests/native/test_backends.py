@@ -228,7 +228,7 @@ def test_every_cdef_function_is_called_by_a_wrapper_and_only_there() -> None:
         assert lookups == [], (path.name, lookups)
 
 
-def test_each_wrapper_is_written_once_for_both_backends() -> None:
+def test_wrappers_bind_to_either_backend_and_are_documented() -> None:
     from msicert_native import _cffi_impl, _ctypes_impl
     from msicert_native._win32 import Win32
 
