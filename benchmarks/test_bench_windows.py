@@ -19,7 +19,6 @@ import importlib
 import sys
 import uuid
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from msicert_native._win32 import Win32
 
 pytestmark = [
     pytest.mark.windows,
@@ -111,14 +112,14 @@ def seeded_store(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
         _remove_ours()
 
 
-def _backend(name: str) -> ModuleType:
+def _backend(name: str) -> Win32:
     try:
-        return importlib.import_module(f"msicert_native._{name}_impl")
+        return Win32(importlib.import_module(f"msicert_native._{name}_impl"))
     except ImportError as exc:  # cffi missing or _ffi.py not generated
         pytest.skip(f"{name} backend unavailable: {exc}")
 
 
-def lookup(impl: ModuleType, client_id: str, issuer_cn: str = ISSUER_CN) -> list[bytes]:
+def lookup(impl: Win32, client_id: str, issuer_cn: str = ISSUER_CN) -> list[bytes]:
     """Open CurrentUser\\My, find by subject (client id) and issuer CN, close; the DERs."""
     from msicert_native import _constants as C
 

@@ -426,8 +426,6 @@ def _describe(exc: MsiCertError) -> tuple[str, str | None, int | None, str | Non
             text = f"token request failed: {text}"
     else:
         text = f"{type(exc).__name__}: {text}"
-    if cid:
-        text = f"{text}; correlation_id={cid}"
     return text, step, status, cid
 
 
@@ -436,7 +434,9 @@ def _fail(args: argparse.Namespace, text: str, step: str | None, status: int | N
     if getattr(args, "json", False):
         _print_json({"error": text, "step": step, "status": status, "correlation_id": cid,
                      "type": kind})
-    print(f"msicert {args.command}: {text}", file=sys.stderr)
+    # The correlation id is its own JSON field; on the terminal it ends the one line.
+    tail = f"; correlation_id={cid}" if cid else ""
+    print(f"msicert {args.command}: {text}{tail}", file=sys.stderr)
 
 
 class _WaitsOnly(logging.Filter):

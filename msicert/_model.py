@@ -69,7 +69,10 @@ class BindingCertificate:
         digest = hashlib.sha256(der).digest()
         nb = certificate.not_valid_before_utc.timestamp()
         na = certificate.not_valid_after_utc.timestamp()
-        return cls(
+        # Filled in directly, as with_source does: the frozen dataclass __init__ sets its 15
+        # fields one object.__setattr__ at a time, a tenth of a first store lookup.
+        made = object.__new__(cls)
+        made.__dict__.update(
             certificate=certificate, der=der, identity=identity, client_id=client_id,
             tenant_id=tenant_id, mtls_endpoint=mtls_endpoint, identity_type=identity_type,
             source=source, key=key, store=store, not_before_ts=nb, not_after_ts=na,
@@ -77,6 +80,7 @@ class BindingCertificate:
             x5t_s256=base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"),
             cert_pem=cert_pem,
         )
+        return made
 
     @property
     def not_before(self) -> datetime:

@@ -19,14 +19,18 @@ __all__ = [
     "DEFAULT_ISSUER_CN",
     "SYSTEM_ASSIGNED_CN",
     "State",
+    "der_element",
     "identity_mismatch",
+    "issuer_fragment_in",
     "issuer_matches",
     "load_certificate",
+    "name_values",
     "pick_best",
     "renew_after",
     "renew_fraction",
     "skew",
     "state",
+    "vetted_names_mismatch",
 ]
 
 DEFAULT_ISSUER_CN = "managedidentitysnissuer.login.microsoft.com"
@@ -77,7 +81,7 @@ def state(not_before: float, not_after: float, renew_at: float, now: float) -> S
 # What cryptography raises for a malformed certificate: on load (InvalidVersion is no
 # ValueError) and later, when a lazily parsed part is first touched (names: ValueError,
 # KeyError, TypeError; an unknown key algorithm: UnsupportedAlgorithm).
-_CERT_ERRORS = (ValueError, TypeError, KeyError, x509.InvalidVersion, UnsupportedAlgorithm)
+CERT_ERRORS = (ValueError, TypeError, KeyError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 def load_certificate(der: bytes) -> x509.Certificate:
@@ -94,7 +98,7 @@ def load_certificate(der: bytes) -> x509.Certificate:
         cert.public_key()
         cert.not_valid_before_utc.timestamp()
         cert.not_valid_after_utc.timestamp()
-    except _CERT_ERRORS as exc:
+    except CERT_ERRORS as exc:
         raise ValueError(f"not a usable DER X.509 certificate ({type(exc).__name__})") from exc
     return cert
 
@@ -113,6 +117,15 @@ def _single(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
 SYSTEM_ASSIGNED_CN = "system_assigned_managed_identity"
 
 
+def issuer_fragment_in(values: Iterable[str], expected: str) -> bool:
+    """True when ``expected`` (stripped) occurs in one of ``values``, ignoring case.
+
+    The per-attribute half of :func:`issuer_matches`; an empty ``expected`` matches nothing.
+    """
+    needle = expected.strip().lower()
+    return bool(needle) and any(needle in value.lower() for value in values)
+
+
 def issuer_matches(issuer: x509.Name, expected: str) -> bool:
     """MSAL.NET's rule: ``expected`` occurs in the issuer DN, ignoring case.
 
@@ -124,9 +137,172 @@ def issuer_matches(issuer: x509.Name, expected: str) -> bool:
     needle = expected.strip().lower()
     if not needle:
         return False
-    return any(
-        isinstance(attr.value, str) and needle in attr.value.lower() for attr in issuer
+    return issuer_fragment_in(
+        (attr.value for attr in issuer if isinstance(attr.value, str)), needle
     ) or needle in issuer.rfc4514_string().lower()
+
+
+# --- names straight from DER (the store's read path) -----------------------------------------
+# Building cryptography ``Name`` objects and RFC 4514 strings costs more than parsing the whole
+# certificate; a store entry records its names' DER at mint time, so the read path compares
+# bytes and reads the few attribute values it needs with the strict reader below. It accepts
+# only what cryptography's own name parsing accepts without error or warning, so a name it
+# reads is one ``cert.subject``/``cert.issuer`` and ``rfc4514_string()`` read too; anything
+# else returns None and the caller takes the cryptography path.
+
+#: DER contents of the OIDs the identity rules read: commonName, domainComponent.
+OID_CN = b"\x55\x04\x03"
+OID_DC = b"\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x19"
+# cryptography warns about these outside their lengths (UTF-8 bytes): commonName 1-64,
+# countryName and jurisdictionCountryName exactly 2.
+_LENGTH_LIMITS = {
+    OID_CN: (1, 64),
+    b"\x55\x04\x06": (2, 2),
+    b"\x2b\x06\x01\x04\x01\x82\x37\x3c\x02\x01\x03": (2, 2),
+}
+# String types read here (a subset of cryptography's: its other types decode differently).
+_UTF8, _PRINTABLE, _IA5 = 0x0C, 0x13, 0x16
+_PRINTABLE_BYTES = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+)
+_good_oids: set[bytes] = {OID_CN, OID_DC}  # OID encodings already checked (public bytes)
+
+
+def der_element(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, start, stop) of the DER element at ``data[pos:end]``: its value is
+    ``data[start:stop]``. ValueError unless it is a low-tag-number element with a definite,
+    minimally encoded length that ends within ``end``."""
+    if pos + 2 > end:
+        raise ValueError("truncated DER element")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("high DER tag number")
+    length = data[pos + 1]
+    start = pos + 2
+    if length >= 0x80:
+        count = length & 0x7F
+        if not 0 < count <= 3 or start + count > end or data[start] == 0:
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+        if length < 0x80:
+            raise ValueError("non-minimal DER length")
+    stop = start + length
+    if stop > end:
+        raise ValueError("DER element overruns its container")
+    return tag, start, stop
+
+
+def _oid_ok(oid: bytes) -> bool:
+    """An OID's contents: base-128 arcs, none starting with a 0x80 byte, each of at most 9
+    bytes (63 bits, well within what cryptography's parser takes), 63 bytes in all."""
+    if oid in _good_oids:
+        return True
+    if not 0 < len(oid) <= 63 or oid[-1] >= 0x80:
+        return False
+    at = 0  # bytes read of the current arc
+    for byte in oid:
+        if at == 0 and byte == 0x80:
+            return False
+        at += 1
+        if byte < 0x80:
+            at = 0
+        elif at >= 9:
+            return False
+    _good_oids.add(oid)
+    return True
+
+
+def name_values(der: bytes) -> list[tuple[bytes, str]] | None:
+    """The (OID DER contents, value) pairs of a DER X.501 Name, in encoding order.
+
+    None for any name this strict reader does not vouch for: another string type (BMP,
+    Teletex, ...), a value that is not valid for its type, an empty or unsorted multi-valued
+    RDN, a duplicate attribute in one RDN, a length cryptography would warn about, or
+    malformed DER. cryptography parses every name this accepts to the same values.
+    """
+    element = der_element
+    try:
+        tag, pos, end = element(der, 0, len(der))
+        if tag != 0x30 or end != len(der):
+            return None
+        out: list[tuple[bytes, str]] = []
+        while pos < end:
+            tag, rpos, rend = element(der, pos, end)
+            if tag != 0x31 or rpos == rend:
+                return None
+            first = len(out)
+            previous = b""
+            while rpos < rend:
+                # AttributeTypeAndValue ::= SEQUENCE { OID, value }: short DER lengths are
+                # read inline (a name is a hot spot of a first store lookup)
+                if der[rpos] != 0x30:
+                    return None
+                size = der[rpos + 1]
+                if size < 0x80:
+                    apos, aend = rpos + 2, rpos + 2 + size
+                    if aend > rend:
+                        return None
+                else:
+                    tag, apos, aend = element(der, rpos, rend)
+                encoding = der[rpos:aend]
+                if encoding <= previous:  # DER sorts a SET OF strictly
+                    return None
+                previous, rpos = encoding, aend
+                size = der[apos + 1]
+                if der[apos] != 0x06 or size >= 0x80:
+                    return None
+                opos, oend = apos + 2, apos + 2 + size
+                oid = der[opos:oend]
+                vtag, vpos, vend = element(der, oend, aend)
+                if vend != aend or not _oid_ok(oid):
+                    return None
+                raw = der[vpos:vend]
+                if vtag == _UTF8:
+                    value = raw.decode("utf-8")
+                elif ((vtag == _PRINTABLE and _PRINTABLE_BYTES.issuperset(raw))
+                      or (vtag == _IA5 and raw.isascii())):
+                    value = raw.decode("ascii")
+                else:
+                    return None
+                limits = _LENGTH_LIMITS.get(oid)
+                if limits is not None and not limits[0] <= len(raw) <= limits[1]:
+                    return None
+                if first != len(out) and (oid, value) in out[first:]:
+                    return None  # cryptography refuses a duplicate attribute in one RDN
+                out.append((oid, value))
+            pos = rend
+        return out
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _single_value(values: list[tuple[bytes, str]], oid: bytes) -> str | None:
+    found = [value for o, value in values if o == oid]
+    return found[0] if len(found) == 1 else None
+
+
+def vetted_names_mismatch(
+    subject: list[tuple[bytes, str]],
+    issuer: list[tuple[bytes, str]],
+    identity: Identity,
+    *,
+    issuer_cn: str,
+) -> str | None:
+    """:func:`identity_mismatch` with ``subject_vetted=True``, on :func:`name_values` output.
+
+    Never accepts what :func:`identity_mismatch` refuses. It may refuse an issuer that the
+    DN-string half of :func:`issuer_matches` accepts (an ``issuer_cn`` spanning attributes,
+    e.g. ``CN=x,O=y``), so a caller confirms a refusal with :func:`identity_mismatch`.
+    """
+    expected = identity.expects_client_id()
+    if expected is not None:
+        cn = _single_value(subject, OID_CN)
+        if cn is None or cn.lower() != expected.lower():
+            return "subject CN is another client id"
+    if not issuer_fragment_in((value for _, value in issuer), issuer_cn):
+        return "issuer is not the expected issuer"
+    return None
 
 
 def _names(value: str | Iterable[str] | None) -> set[str]:

@@ -2,7 +2,7 @@
 
 A ``weakref.finalize`` is the safety net for an owner that is dropped unclosed (it frees the
 handle at garbage collection); code should still use ``with``. Handles are plain ``int``
-addresses here; only the backend module turns them back into pointers.
+addresses here; only the Win32 wrappers (``_win32``) turn them back into pointers.
 """
 
 from __future__ import annotations

@@ -259,6 +259,8 @@ def test_json_errors_carry_error_step_status_and_correlation_id(emu, store_dir):
     assert doc["step"] == "issuecredential" and doc["status"] == 403
     assert doc["correlation_id"] == emu.requests[-1].headers["x-ms-client-request-id"]
     assert "HTTP 403" in doc["error"]
+    assert "correlation_id" not in doc["error"] and doc["correlation_id"] not in doc["error"]
+    assert proc.stderr.count(doc["correlation_id"]) == 1  # the terminal line ends with it
     usage = run_cli("token", "--json")  # --resource is missing: argparse's own error
     assert usage.returncode == 2 and "--resource" in json.loads(usage.stdout)["error"]
     bad = run_cli("cert", "--client-id", "nope", "--json")

@@ -130,6 +130,41 @@ def _san_for(host: str) -> list[x509.GeneralName]:
     return names
 
 
+def _server_leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    cn: str,
+    names: list[x509.GeneralName],
+    *,
+    days: int,
+) -> ServerTls:
+    """A TLS server leaf (EC P-256, serverAuth) for ``names``, signed by the given CA."""
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_cn(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ServerTls(
+        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
+        leaf_pem=leaf.public_bytes(serialization.Encoding.PEM),
+        key_pem=leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
 def server_tls(host: str) -> ServerTls:
     """ESTS server material whose leaf names loopback and ``host`` (cached per host)."""
     with _lock:
@@ -142,30 +177,7 @@ def server_tls(host: str) -> ServerTls:
         cached = _cache.get(f"leaf:{host}")
         if isinstance(cached, ServerTls):
             return cached
-        leaf_key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_cn("localhost"))
-            .issuer_name(ca_cert.subject)
-            .public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=825))
-            .add_extension(x509.SubjectAlternativeName(_san_for(host)), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        material = ServerTls(
-            ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-            leaf_pem=leaf.public_bytes(serialization.Encoding.PEM),
-            key_pem=leaf_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        material = _server_leaf(ca_key, ca_cert, "localhost", _san_for(host), days=825)
         _cache[f"leaf:{host}"] = material
         return material
 
@@ -235,28 +247,6 @@ def fault_server_tls(host: str, *, trusted: bool) -> ServerTls:
             ca_key = ec.generate_private_key(ec.SECP256R1())
             ca_cert = _ca_certificate(ca_key, _cn("msicert emulator untrusted CA"))
             names = _san_for(host)
-        leaf_key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_cn("msicert emulator fault"))
-            .issuer_name(ca_cert.subject)
-            .public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        material = ServerTls(
-            ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-            leaf_pem=leaf.public_bytes(serialization.Encoding.PEM),
-            key_pem=leaf_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        material = _server_leaf(ca_key, ca_cert, "msicert emulator fault", names, days=30)
         _cache[label] = material
         return material

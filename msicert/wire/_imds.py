@@ -588,27 +588,25 @@ def _watched_pool_manager() -> urllib3.PoolManager:
 
     from . import _watchdog
 
+    def watched(
+        conn: HTTPConnection, getresponse: Callable[[], urllib3.response.HTTPResponse]
+    ) -> urllib3.response.HTTPResponse:
+        deadline = _watch.deadline
+        if deadline is None:
+            return getresponse()
+        cancel = _watchdog.arm(conn, deadline)
+        try:
+            return getresponse()
+        finally:
+            cancel()
+
     class WatchedHTTPConnection(HTTPConnection):
         def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-            deadline = _watch.deadline
-            if deadline is None:
-                return super().getresponse()
-            cancel = _watchdog.arm(self, deadline)
-            try:
-                return super().getresponse()
-            finally:
-                cancel()
+            return watched(self, super().getresponse)
 
     class WatchedHTTPSConnection(HTTPSConnection):
         def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-            deadline = _watch.deadline
-            if deadline is None:
-                return super().getresponse()
-            cancel = _watchdog.arm(self, deadline)
-            try:
-                return super().getresponse()
-            finally:
-                cancel()
+            return watched(self, super().getresponse)
 
     class WatchedHTTPPool(HTTPConnectionPool):
         ConnectionCls = WatchedHTTPConnection

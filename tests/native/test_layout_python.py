@@ -1,4 +1,5 @@
-"""Pure-Python layout checks: the ctypes mirrors equal the cffi cdefs equal Windows x64.
+"""Pure-Python layout checks: the ctypes structs and prototypes, built from the generated
+``msicert_native/_spec.py``, equal the cffi cdefs equal Windows x64.
 
 Runs everywhere (no compiler): cffi's numbers come from the fixed-width cdefs, which the static
 tier (test_static_layout.py) ties to the real headers; these tests tie ctypes to cffi.
@@ -46,26 +47,50 @@ def test_cffi_layout_is_windows_x64(ffi: Any) -> None:
         assert actual == expected, (struct, field)
 
 
-def test_ctypes_mirrors_match_cffi(ffi: Any) -> None:
-    from msicert_native._ctypes_structs import STRUCTURES
+def _ctypes_type(spelling: str) -> Any:
+    from msicert_native._ctypes_impl import _ctype
 
-    assert set(STRUCTURES) >= {name for name, _ in WINDOWS_X64}
-    for name, cls in STRUCTURES.items():
+    return _ctype(spelling)
+
+
+def _struct_typedefs(ffi: Any) -> list[str]:
+    return [name for name in ffi.list_types()[0] if ffi.typeof(name).kind == "struct"]
+
+
+def test_ctypes_structs_built_from_the_spec_match_cffi(ffi: Any) -> None:
+    names = _struct_typedefs(ffi)
+    assert set(names) >= {name for name, _ in WINDOWS_X64}
+    for name in names:
+        cls = _ctypes_type(name)
         assert ctypes.sizeof(cls) == ffi.sizeof(name), name
-        cffi_fields = [field for field, _ in ffi.typeof(name).fields]
-        ctypes_fields = [field[0] for field in cls._fields_]
-        assert ctypes_fields == cffi_fields, name
-        for field in cffi_fields:
+        assert ctypes.alignment(cls) == ffi.alignof(name), name
+        cffi_fields = ffi.typeof(name).fields
+        assert [field[0] for field in cls._fields_] == [field for field, _ in cffi_fields], name
+        for field, info in cffi_fields:
             assert getattr(cls, field).offset == ffi.offsetof(name, field), (name, field)
-            assert getattr(cls, field).size == ffi.sizeof(
-                ffi.typeof(name).fields[cffi_fields.index(field)][1].type
-            ), (name, field)
+            assert getattr(cls, field).size == ffi.sizeof(info.type), (name, field)
 
 
-def test_ctypes_structs_avoid_wintypes() -> None:
-    source = (CDEF_DIR.parent / "msicert_native" / "_ctypes_structs.py").read_text()
-    assert "import wintypes" not in source and "from ctypes.wintypes" not in source
-    assert not re.search(r"\bc_(u)?long\b|\bc_wchar\b", source)
+def test_ctypes_layout_is_windows_x64() -> None:
+    for (struct, field), expected in WINDOWS_X64.items():
+        cls = _ctypes_type(struct)
+        actual = ctypes.sizeof(cls) if field is None else getattr(cls, field).offset
+        assert actual == expected, (struct, field)
+
+
+def test_ctypes_backend_uses_fixed_widths_not_wintypes() -> None:
+    """ctypes.wintypes (and c_long/c_wchar) have Linux widths on Linux: never a field type."""
+    from msicert_native import _ctypes_impl
+
+    source = (CDEF_DIR.parent / "msicert_native" / "_ctypes_impl.py").read_text()
+    assert not re.search(r"import\s+(ctypes\.)?wintypes|wintypes\s+import|wintypes\.", source)
+    widths = {"uint8_t": 1, "uint16_t": 2, "uint32_t": 4, "int32_t": 4, "int": 4,
+              "uintptr_t": ctypes.sizeof(ctypes.c_void_p), "char16_t": 2, "char": 1}
+    table = _ctypes_impl._BASE
+    assert set(table) == {*widths, "void"}
+    for name, width in widths.items():
+        assert ctypes.sizeof(table[name]) == width, name
+    assert table["int32_t"](-1).value == -1 and table["uint32_t"](-1).value == 0xFFFFFFFF
 
 
 def test_cdef_constants_equal_python_constants(ffi: Any) -> None:
@@ -84,12 +109,27 @@ def test_python_int_constants_are_declared_in_cdefs(ffi: Any) -> None:
     assert ints <= declared, sorted(ints - declared)
 
 
-def test_every_cdef_function_has_a_ctypes_prototype(ffi: Any) -> None:
-    from msicert_native._ctypes_impl import _PROTOTYPES
+def test_every_cdef_function_has_a_ctypes_prototype_of_the_cdef_sizes(ffi: Any) -> None:
+    """The generated prototypes: one per cdef function, each argument as wide as cffi's."""
+    from msicert_native import _spec
 
     functions = {key.split()[1] for key in ffi._parser._declarations if key.startswith("function")}
-    bound = functions - {"WinHttpQueryDataAvailable"}  # declared for completeness, unused
-    assert bound <= set(_PROTOTYPES), sorted(bound - set(_PROTOTYPES))
-    for name, (_dll, _restype, argtypes) in _PROTOTYPES.items():
-        function_type, _ = ffi._parser._declarations[f"function {name}"]
+    assert set(_spec.FUNCTIONS) == functions
+    for name, (_dll, restype, argtypes) in _spec.FUNCTIONS.items():
+        function_type = ffi.typeof(ffi._parser._declarations[f"function {name}"][0].get_c_name())
         assert len(argtypes) == len(function_type.args), name
+        for ctype, cffi_type in zip(argtypes, function_type.args, strict=True):
+            assert ctypes.sizeof(_ctypes_type(ctype)) == ffi.sizeof(cffi_type), (name, ctype)
+        if function_type.result.kind != "void":
+            assert ctypes.sizeof(_ctypes_type(restype)) == ffi.sizeof(function_type.result), name
+
+
+def test_functions_are_bound_to_the_dll_their_cdef_file_names() -> None:
+    from msicert_native import _spec
+
+    for path in CDEF_DIR.glob("*.cdef"):
+        text = re.sub(r"/\*.*?\*/", " ", path.read_text(), flags=re.S)
+        for name in re.findall(r"\bWINAPI\s+(\w+)\s*\(", text):
+            assert _spec.FUNCTIONS[name][0] == path.stem + ".dll", name
+    assert _spec.FUNCTIONS["LocalFree"][0] == "kernel32.dll"
+    assert _spec.FUNCTIONS["ConvertSidToStringSidW"][0] == "advapi32.dll"

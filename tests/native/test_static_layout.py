@@ -10,6 +10,8 @@ module turns the parsed cdefs into a C file of ``_Static_assert``s placed after 
 * every integer ``#define`` of the cdefs and every int of ``msicert_native._constants``;
 * every function: must already be declared by the headers, then is re-declared verbatim from
   the cdef, so gcc rejects any parameter or return type that differs;
+* every struct again as the ctypes backend builds it from the generated ``_spec.py``: its
+  ``sizeof`` and each field's ``offsetof`` equal the header's;
 
 and compiles it with ``x86_64-w64-mingw32-gcc -fsyntax-only -DUNICODE``. String constants are
 checked through the preprocessor (``-E``).
@@ -18,6 +20,7 @@ checked through the preprocessor (``-E``).
 from __future__ import annotations
 
 import copy
+import ctypes
 import re
 import shutil
 import subprocess
@@ -184,6 +187,17 @@ def generate_c() -> str:
                 offset = ffi.offsetof(tp, field)
                 check(f"offsetof({name}, {field}) == {offset}", f"offsetof {name}.{field}")
 
+    from msicert_native._ctypes_impl import _ctype
+
+    for name in ffi.list_types()[0]:
+        if ffi.typeof(name).kind != "struct":
+            continue
+        cls = _ctype(name)
+        check(f"sizeof({name}) == {ctypes.sizeof(cls)}", f"ctypes sizeof {name}")
+        for field, _ in cls._fields_:
+            offset = getattr(cls, field).offset
+            check(f"offsetof({name}, {field}) == {offset}", f"ctypes offsetof {name}.{field}")
+
     for name, value in sorted(_int_constants().items()):
         expr = f"(unsigned long long)(uint32_t)(uintptr_t)({name}) == {value:#x}ULL"
         if name in ABSENT_FROM_MINGW:
@@ -222,7 +236,9 @@ def test_cdefs_match_mingw_headers(tmp_path: Path) -> None:
     result = _compile(source, tmp_path, "-fsyntax-only", "-Wno-unused-function")
     assert result.returncode == 0, result.stderr[-6000:]
     # The check is only as good as its coverage: make sure nothing was silently dropped.
-    assert source.count("_Static_assert(offsetof(CERT_CONTEXT,") == 5
+    assert source.count("_Static_assert(offsetof(CERT_CONTEXT,") == 10  # cffi's and ctypes'
+    assert '"ctypes offsetof CERT_CONTEXT.hCertStore"' in source
+    assert '"ctypes sizeof CRYPT_KEY_PROV_INFO"' in source
     assert "sizeof(CERT_CONTEXT) == 40" in source
     assert "offsetof(CERT_CONTEXT, hCertStore) == 32" in source
     assert "sizeof(CERT_INFO) == 208" in source
@@ -232,11 +248,15 @@ def test_cdefs_match_mingw_headers(tmp_path: Path) -> None:
 
 
 def test_the_generated_check_catches_a_wrong_layout(tmp_path: Path) -> None:
-    """A deliberately wrong offset, value and prototype must each fail the compile."""
+    """A deliberately wrong offset (cffi's, ctypes'), value and prototype must each fail."""
     good = generate_c()
     for bad in (
         good.replace(
             "offsetof(CERT_CONTEXT, hCertStore) == 32", "offsetof(CERT_CONTEXT, hCertStore) == 28"
+        ),
+        good.replace(
+            'offsetof(CERT_CONTEXT, hCertStore) == 32, "ctypes',
+            'offsetof(CERT_CONTEXT, hCertStore) == 28, "ctypes',
         ),
         good.replace("(CERT_FRIENDLY_NAME_PROP_ID) == 0xb", "(CERT_FRIENDLY_NAME_PROP_ID) == 0xc"),
         good.replace(

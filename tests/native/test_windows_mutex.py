@@ -127,6 +127,42 @@ def test_store_mutex_held_by_another_process_excludes_this_one() -> None:
         assert held is True
 
 
+def test_waiting_for_another_process_mutex_is_one_info_line_then_acquired(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The CLI shows waits on stderr: the Windows mutex says it waits, once, as flock does."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    from msicert import Identity
+    from msicert.backends.windows._cert_store import WindowsStore
+
+    lock = WindowsStore().lock(Identity(), timeout=20)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time, msicert_native as n\n"
+         f"with n.named_mutex({lock.name!r}, 10000):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(1.5)\n"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with caplog.at_level(logging.INFO, logger="msicert"), lock.hold() as held:
+            assert held is True
+    finally:
+        holder.wait(60)
+    waits = [r for r in caplog.records if getattr(r, "wait", False)]
+    assert len(waits) == 1 and waits[0].levelno == logging.INFO
+    assert "waiting for another process" in waits[0].getMessage()
+    assert lock.name in waits[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="msicert"), lock.hold() as held:
+        assert held is True
+    assert not [r for r in caplog.records if getattr(r, "wait", False)]  # free: silent
+
+
 def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege_boundary(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Wine grants every Global\\ name, so the denial (ERROR_ACCESS_DENIED from CreateMutexW,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 anyway
 
 from ... import _policy
 from ..._errors import StoreError
@@ -87,9 +88,9 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
 
 
-# (x5t, SHA-256 of the key PEM, identity, issuer CN, recorded subject, recorded issuer)
-# already checked in this process
-_verified: set[tuple[str | bytes, ...]] = set()
+# (SHA-256 of the file bytes, identity, issuer CN) whose subject/issuer and key/certificate
+# checks passed in this process
+_verified: set[tuple[bytes, str, str]] = set()
 _verified_lock = threading.Lock()
 # (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
@@ -180,6 +181,94 @@ def _recorded_names_match(cert: x509.Certificate, meta: dict[str, str], where: s
             raise CorruptEntry(f"{name} differs from the one recorded at mint time",
                                location=where)
     return True
+
+
+_RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")  # rsaEncryption, NULL
+
+
+def _tbs_names(der: bytes) -> tuple[bytes, bytes] | None:
+    """(issuer, subject) DER of a certificate that cryptography has loaded (None if odd)."""
+    element = _policy.der_element
+    try:
+        _, pos, end = element(der, 0, len(der))  # Certificate
+        _, pos, end = element(der, pos, end)  # TBSCertificate
+        tag, _, stop = element(der, pos, end)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            tag, _, stop = element(der, stop, end)  # serial number
+        _, _, issuer_at = element(der, stop, end)  # signature algorithm
+        tag, _, validity_at = element(der, issuer_at, end)
+        _, _, subject_at = element(der, validity_at, end)
+        s_tag, _, stop = element(der, subject_at, end)
+        if tag != 0x30 or s_tag != 0x30:
+            return None
+        return der[issuer_at:validity_at], der[subject_at:stop]
+    except ValueError:
+        return None
+
+
+def _rsa_public_numbers(key_block: Secret[bytes]) -> tuple[int, int] | None:
+    """(n, e) of the PEM PKCS#8 RSA key exactly as msicert writes it, else None.
+
+    Reads what cryptography's loader reads, more strictly (canonical base64 in 64-character
+    lines, DER, two-prime RSA, every number positive), and checks no RSA arithmetic either:
+    anything it returns None for goes to cryptography's loader, which decides as before.
+    The decoded key lives in locals of this frame only, emptied before it is left.
+    """
+    body = text = der = b""
+    try:
+        body = key_block.reveal()[len(_KEY_BEGIN) : -len(_KEY_END)]
+        text = body.replace(b"\n", b"")
+        lines = -(-len(text) // 64)
+        # one newline before each 64-character line and one after the last, and no others
+        stride = body[::65]
+        if (not text or len(body) != len(text) + lines + 1 or body[-1:] != b"\n"
+                or stride != b"\n" * len(stride)):
+            return None
+        der = binascii.a2b_base64(text)
+        if binascii.b2a_base64(der, newline=False) != text:  # canonical base64 only
+            return None
+        end = len(der)
+        tag, pos, stop = _policy.der_element(der, 0, end)  # PrivateKeyInfo
+        if tag != 0x30 or stop != end or der[pos : pos + 3] != b"\x02\x01\x00":
+            return None
+        pos += 3
+        if der[pos : pos + len(_RSA_ALGORITHM)] != _RSA_ALGORITHM:
+            return None
+        tag, pos, stop = _policy.der_element(der, pos + len(_RSA_ALGORITHM), end)
+        if tag != 0x04 or stop != end:  # no attributes, no public key field
+            return None
+        tag, pos, stop = _policy.der_element(der, pos, end)  # RSAPrivateKey
+        if tag != 0x30 or stop != end or der[pos : pos + 3] != b"\x02\x01\x00":
+            return None
+        numbers: list[int] = []
+        pos += 3
+        for _ in range(8):  # n, e, d, p, q, d mod (p-1), d mod (q-1), q^-1 mod p
+            # INTEGER, definite minimal length (< 64 KiB), positive, minimally encoded;
+            # inline: this loop is most of the cost of a first lookup's key check
+            if der[pos] != 0x02:
+                return None
+            size = der[pos + 1]
+            if size < 0x80:
+                pos += 2
+            elif size == 0x81 and der[pos + 2] >= 0x80:
+                size, pos = der[pos + 2], pos + 3
+            elif size == 0x82 and der[pos + 2]:
+                size, pos = (der[pos + 2] << 8) | der[pos + 3], pos + 4
+            else:
+                return None
+            first = der[pos]
+            if not size or first >= 0x80 or (first == 0 and (size == 1 or der[pos + 1] < 0x80)):
+                return None
+            if len(numbers) < 2:
+                numbers.append(int.from_bytes(der[pos : pos + size], "big"))
+            pos += size
+        if pos != end:
+            return None
+        return numbers[0], numbers[1]
+    except (ValueError, IndexError, binascii.Error):
+        return None
+    finally:  # a traceback keeps this frame: leave it with its locals emptied
+        body = text = der = b""
 
 
 class FileStore:
@@ -305,11 +394,12 @@ class FileStore:
         # Content-addressed: the same bytes always parse to the same (immutable) entry, so a
         # new client reading an unchanged file skips the parse. Any change to the file misses.
         # Keyed by a digest, so these process-wide memos never hold private-key bytes.
-        key = (hashlib.sha256(data.reveal()).digest(), identity, issuer_cn.lower(), path)
+        digest = hashlib.sha256(data.reveal()).digest()
+        key = (digest, identity, issuer_cn.lower(), path)
         hit = _parsed.get(key)
         if hit is not None:
             return hit
-        entry = self.parse(data, identity, issuer_cn=issuer_cn, location=path)
+        entry = self._parse(data, identity, issuer_cn, path, digest=digest, thorough=False)
         with _verified_lock:
             if len(_parsed) >= _PARSED_MAX:
                 _parsed.clear()
@@ -322,7 +412,20 @@ class FileStore:
         """Parse and check one entry's bytes; CorruptEntry says why it cannot be used.
 
         The bytes hold the private key: they stay in a Secret (plain bytes are wrapped at once)
-        and only the certificate block is ever sliced out as plain bytes.
+        and only the certificate block is ever sliced out as plain bytes (the key's modulus and
+        exponent are read in :func:`_rsa_public_numbers`, which empties its locals on return).
+        """
+        return self._parse(data, identity, issuer_cn, location, digest=None, thorough=False)
+
+    def _parse(
+        self, data: Secret[bytes] | bytes, identity: Identity, issuer_cn: str, location: str,
+        *, digest: bytes | None, thorough: bool,
+    ) -> BindingCertificate:
+        """:meth:`parse`; ``digest`` is SHA-256 of ``data`` when the caller has it already.
+
+        An entry that records its names is first checked on the quick path
+        (:meth:`_quick_entry`); ``thorough`` (a write) skips it. Whatever the quick path does
+        not accept goes through cryptography's parsers, which decide exactly as before.
         """
         data = _as_secret(data)
         if not data:
@@ -339,24 +442,31 @@ class FileStore:
         key_block = Secret(data.reveal()[key_span[0] : key_span[1]])
         try:
             der = binascii.a2b_base64(cert_block[len(_CERT_BEGIN) : -len(_CERT_END)])
+        except binascii.Error as exc:
+            raise CorruptEntry("unparsable certificate", location=location) from exc
+        # Subject/issuer and key/cert checks depend only on these bytes: once per process.
+        # Keyed by a digest, so the memo never holds private-key bytes.
+        marker = (
+            digest if digest is not None else hashlib.sha256(data.reveal()).digest(),
+            identity.alias, issuer_cn.lower(),
+        )
+        checked = marker in _verified
+        if not thorough:
+            quick = self._quick_entry(der, cert_block, key_block, meta, identity, issuer_cn,
+                                      location, checked=checked)
+            if quick is not None:
+                if not checked:
+                    with _verified_lock:
+                        _verified.add(marker)
+                return quick
+        try:
             cert = _policy.load_certificate(der)  # every lazily parsed part, checked now
-        except (ValueError, binascii.Error) as exc:
+        except ValueError as exc:
             raise CorruptEntry("unparsable certificate", location=location) from exc
         if meta.get("identity") != identity.alias:
             raise CorruptEntry("entry belongs to another identity", location=location)
-        entry = BindingCertificate.from_der(
-            der, cert, identity=identity, client_id=meta["client_id"],
-            tenant_id=meta["tenant_id"], mtls_endpoint=meta["mtls_endpoint"],
-            identity_type=meta["identity_type"], source="store", key="file",
-            store=location, cert_pem=cert_block,
-        )
-        # Subject/issuer and key/cert checks depend only on these bytes: once per process.
-        marker: tuple[str | bytes, ...] = (
-            entry.x5t_s256, hashlib.sha256(key_block.reveal()).digest(), identity.alias,
-            issuer_cn.lower(),
-        )
-        marker += tuple(meta.get(name, "") for name in _NAMES)
-        if marker not in _verified:
+        entry = self._entry(der, cert, cert_block, meta, identity, location)
+        if not checked:
             vetted = _recorded_names_match(cert, meta, location)
             # An older file is held to the subject rules it was written under (CN a GUID),
             # never to more: what loaded before keeps loading.
@@ -369,6 +479,61 @@ class FileStore:
             with _verified_lock:
                 _verified.add(marker)
         return entry
+
+    @staticmethod
+    def _entry(
+        der: bytes, cert: x509.Certificate, cert_block: bytes, meta: dict[str, str],
+        identity: Identity, location: str,
+    ) -> BindingCertificate:
+        return BindingCertificate.from_der(
+            der, cert, identity=identity, client_id=meta["client_id"],
+            tenant_id=meta["tenant_id"], mtls_endpoint=meta["mtls_endpoint"],
+            identity_type=meta["identity_type"], source="store", key="file",
+            store=location, cert_pem=cert_block,
+        )
+
+    def _quick_entry(
+        self, der: bytes, cert_block: bytes, key_block: Secret[bytes], meta: dict[str, str],
+        identity: Identity, issuer_cn: str, location: str, *, checked: bool,
+    ) -> BindingCertificate | None:
+        """The entry, when the cheap checks vouch for it; None sends it the thorough way.
+
+        ``checked``: these exact bytes passed every check in this process already, so only
+        the certificate is loaded. Otherwise the names are compared with those recorded at
+        mint time as DER bytes and read with :func:`_policy.name_values` (no ``Name``
+        objects, no RFC 4514 strings), and the key is matched with the certificate by its
+        modulus and exponent read from the PKCS#8 DER (no RSA key object, no validation).
+        Only what the thorough path accepts is accepted here, with the same result.
+        """
+        if meta.get("identity") != identity.alias:
+            return None
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            if checked:
+                return self._entry(der, cert, cert_block, meta, identity, location)
+            recorded_subject, recorded_issuer = meta.get("subject"), meta.get("issuer")
+            names = _tbs_names(der)
+            if names is None or recorded_subject is None or recorded_issuer is None:
+                return None
+            issuer_der, subject_der = names
+            if (binascii.b2a_base64(subject_der, newline=False) != recorded_subject.encode()
+                    or binascii.b2a_base64(issuer_der, newline=False)
+                    != recorded_issuer.encode()):
+                return None
+            subject, issuer = _policy.name_values(subject_der), _policy.name_values(issuer_der)
+            if subject is None or issuer is None or _policy.vetted_names_mismatch(
+                    subject, issuer, identity, issuer_cn=issuer_cn) is not None:
+                return None
+            public = _rsa_public_numbers(key_block)
+            cert_key = cert.public_key()
+            if public is None or not isinstance(cert_key, rsa.RSAPublicKey):
+                return None
+            numbers = cert_key.public_numbers()
+            if (numbers.n, numbers.e) != public:
+                return None
+            return self._entry(der, cert, cert_block, meta, identity, location)
+        except _policy.CERT_ERRORS:
+            return None
 
     @staticmethod
     def _header(data: bytes, location: str) -> dict[str, str]:
@@ -392,8 +557,6 @@ class FileStore:
     @staticmethod
     def _check_key(entry: BindingCertificate, key_block: Secret[bytes], location: str) -> None:
         """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
         try:
             key = serialization.load_pem_private_key(
                 key_block.reveal(), None, unsafe_skip_rsa_key_validation=True
@@ -435,7 +598,8 @@ class FileStore:
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800"
             raise StoreError("refusing to store metadata that is not valid Unicode") from exc
         path = self.path_for(identity)
-        stored = self.parse(data, identity, issuer_cn=issuer_cn, location=path)  # check first
+        # Checked first, the thorough way (cryptography's parsers): a write is rare and slow.
+        stored = self._parse(data, identity, issuer_cn, path, digest=None, thorough=True)
         self._sweep(path)
         self._atomic_write(path, data)
         return stored

@@ -15,6 +15,8 @@ from ..._errors import StoreError
 
 __all__ = ["MutexLock"]
 
+log = logging.getLogger("msicert")
+
 _registry: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
@@ -60,7 +62,7 @@ class MutexLock:
                 raise StoreError(f"cannot create the mutex {self.name}: {exc}") from exc
             if self.name not in _warned_fallback:
                 _warned_fallback.add(self.name)
-                logging.getLogger("msicert").warning(
+                log.warning(
                     "access to %s denied (%s); using %s: other logon sessions of this user "
                     "are not excluded and may mint at the same time", self.name, exc,
                     self.fallback)
@@ -83,18 +85,23 @@ class MutexLock:
             yield False
             return
         try:
-            wait_ms = int(self.timeout * 1000) if blocking else 0
             with contextlib.ExitStack() as stack:
                 try:
-                    self._enter(stack, wait_ms)
-                except msicert_native.NativeTimeoutError as exc:
-                    if blocking:
+                    self._enter(stack, 0)  # free: no wait, and nothing to say
+                except msicert_native.NativeTimeoutError:
+                    if not blocking:
+                        yield False
+                        return
+                    # One line per wait: the CLI shows it on stderr (as the POSIX flock does).
+                    log.info("waiting for another process to finish minting (mutex %s, up to "
+                             "%.0f s)", self.name, self.timeout, extra={"wait": True})
+                    try:
+                        self._enter(stack, int(self.timeout * 1000))
+                    except msicert_native.NativeTimeoutError as exc:
                         raise StoreError(
                             f"timed out after {self.timeout:.0f} s waiting for another process "
                             f"holding {self.name}"
                         ) from exc
-                    yield False
-                    return
                 yield True
         finally:
             self._thread.release()
