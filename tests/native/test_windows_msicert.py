@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from native_testutil import REPO_ROOT, is_windows, needs_windows, skip_on_wine
+from native_testutil import (
+    REPO_ROOT,
+    is_windows,
+    mtls_under_wine,
+    needs_windows,
+    skip_on_wine,
+)
 
 sys.path.insert(0, str(REPO_ROOT))  # for tests.store_contract / tests.certgen
 
@@ -175,12 +181,12 @@ def test_winhttp_mtls_to_the_emulator_ests_with_a_pfx_imported_capi_key() -> Non
             form = urllib.parse.urlencode({
                 "grant_type": "client_credentials", "client_id": issued["client_id"],
                 "scope": "https://vault.azure.net/.default", "token_type": "mtls_pop"}).encode()
-            resp = native.https_request(
+            resp = mtls_under_wine(lambda: native.https_request(
                 "POST",
                 f"{issued['mtls_authentication_endpoint']}/{issued['tenant_id']}"
                 "/oauth2/v2.0/token",
                 headers={"Content-Type": "application/x-www-form-urlencoded"}, body=form,
-                client_cert=ref, timeout_ms=30_000, verify_server=False)
+                client_cert=ref, timeout_ms=30_000, verify_server=False))
     assert resp.status == 200, resp.body[:300]
     doc = json.loads(resp.body)
     assert doc["token_type"] == "mtls_pop"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from native_testutil import is_windows, needs_windows
+from native_testutil import is_windows, mtls_under_wine, needs_windows
 
 pytestmark = needs_windows
 
@@ -85,14 +85,14 @@ def test_mtls_with_store_certificate(user_store: Any, marker: str) -> None:
         key_flags=info.flags,
         key_spec=info.key_spec,
     ) as ref:
-        response = native.https_request(
+        response = mtls_under_wine(lambda: native.https_request(
             "GET",
             f"https://127.0.0.1:{PORTS['mtls']}/",
             headers={"x-ms-client-request-id": str(uuid.uuid4())},
             client_cert=ref,
             timeout_ms=20_000,
             verify_server=False,
-        )
+        ))
         native.delete_certificate(user_store, ref)
     assert response.status == 200
     body = json.loads(response.body)
