@@ -21,7 +21,7 @@ import pytest
 from _benchutil import describe, describe_floor
 
 pytestmark = pytest.mark.skipif(
-    sys.platform == "win32", reason="msicert._tls is the POSIX transport (WinHTTP on Windows)"
+    sys.platform == "win32", reason="the ssl transport is the POSIX transport (WinHTTP on Windows)"
 )
 TRUST = ["emulator-ca", "system-ca"]
 ROUNDS = {"emulator-ca": 1000, "system-ca": 60}
@@ -65,8 +65,8 @@ def test_floor_build_context(benchmark: Any, stored_cert: Any, trust: str) -> No
 @CONTEXT
 @pytest.mark.parametrize("trust", TRUST, indirect=True)
 def test_build_context(benchmark: Any, stored_cert: Any, trust: str) -> None:
-    """``msicert._tls.build_context(cert)``: the first SSLContext for a certificate."""
-    from msicert._tls import build_context
+    """``_ssl_transport.build_context(cert)``: the first SSLContext for a certificate."""
+    from msicert.backends.posix._ssl_transport import build_context
 
     floor = floor_for(stored_cert.store)
     interleaved: list[float] = []
@@ -89,7 +89,7 @@ def test_build_context(benchmark: Any, stored_cert: Any, trust: str) -> None:
 )
 def test_tls_cache_hit(benchmark: Any, stored_cert: Any, emulator: Any) -> None:
     """``TlsCache.context(cert)`` once the context exists."""
-    from msicert._tls import TlsCache
+    from msicert.backends.posix._ssl_transport import TlsCache
 
     cache = TlsCache()
     first = cache.context(stored_cert)

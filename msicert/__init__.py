@@ -22,6 +22,8 @@ from ._errors import (
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._mtls import KeyNotExportableError
+from ._timeouts import Timeouts
+from ._version import __version__ as __version__
 
 __all__ = [
     "AccessToken",
@@ -36,11 +38,11 @@ __all__ = [
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
+    "Timeouts",
     "TokenError",
     "probe",
 ]
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -69,7 +69,7 @@ def _timeout_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     common = _common()
     p = _Parser(
@@ -218,10 +218,14 @@ def _client(args: argparse.Namespace, timeout: float | None = None):  # type: ig
     if timeout is not None:
         if timeout <= 0:
             raise ValueError("--timeout must be positive")
-        kw = {"deadline": timeout, "renewal_deadline": min(10.0, timeout),
-              "lock_timeout": min(120.0, timeout), "connect_timeout": min(2.0, timeout),
-              "ests_connect_timeout": min(5.0, timeout),
-              "ests_read_timeout": min(30.0, timeout)}
+        from ._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS, Timeouts
+
+        imds, ests = DEFAULT_IMDS_TIMEOUTS, DEFAULT_ESTS_TIMEOUTS
+        kw = {"imds_timeouts": Timeouts(connect=min(imds.connect, timeout), read=imds.read,
+                                        total=timeout),
+              "ests_timeouts": Timeouts(connect=min(ests.connect, timeout),
+                                        read=min(ests.read, timeout), total=ests.total),
+              "renewal_deadline": min(10.0, timeout), "lock_timeout": min(120.0, timeout)}
     return ManagedIdentityClient(
         client_id=args.client_id, object_id=args.object_id, resource_id=args.resource_id,
         store_dir=args.store_dir, store_location=args.store, **kw,
@@ -237,14 +241,14 @@ def _cmd_cert(args: argparse.Namespace) -> int:
 
 def _store_missing(client: Any) -> bool:
     """True when a file store's directory does not exist (status must not create it)."""
-    directory = getattr(client.store, "directory", None)
+    directory = client.store.directory
     return directory is not None and not os.path.isdir(directory)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.all:
         return _status_all(args)
-    from ._store import CorruptEntry
+    from .backends.contract import CorruptEntry
 
     client = _client(args)
     now = time.time()
@@ -268,10 +272,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _status_all(args: argparse.Namespace) -> int:
     from ._identity import Identity
-    from ._store import CorruptEntry
+    from .backends.contract import CorruptEntry
 
     client = _client(args)
-    directory = getattr(client.store, "directory", None)
+    directory = client.store.directory
     if directory is None:
         raise ValueError("status --all lists file stores only (use --store-dir)")
     names = [] if not os.path.isdir(directory) else sorted(

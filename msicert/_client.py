@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
-import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,17 +24,18 @@ from ._errors import (
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
-from ._secret import Secret
-from ._store import CorruptEntry, Store, default_store
+from ._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS, Timeouts, check_seconds
+from .backends import default_store
+from .backends.contract import CorruptEntry, Store
 
 if TYPE_CHECKING:
     import ssl
 
     import urllib3
 
-    from ._imds import ImdsClient, PlatformMetadata, RetryPolicy
-    from ._store import KeyMaterial
-    from ._tokens import TokenManager
+    from ._token_cache import TokenManager
+    from .backends.contract import KeyMaterial
+    from .wire._imds import ImdsClient, PlatformMetadata, RetryPolicy
 
 # Minting needs more than the store-first hot path: _imds (json, uuid, urllib3), _csr and
 # cryptography's serialization are imported on the first mint, keeping `import msicert` cheap.
@@ -60,16 +63,44 @@ def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: f
     return 2 * (tries * (connect_timeout + read_timeout) + waits * policy.scale)
 
 
-def _check_seconds(*, zero_ok: bool = False, **values: float | None) -> None:
-    """Every given duration must be a finite number of seconds (> 0, or >= 0 if ``zero_ok``):
-    a NaN or infinite timeout would silently disable the bound it names."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if not (isinstance(value, (int, float)) and math.isfinite(value)
-                and (value >= 0 if zero_ok else value > 0)):
-            raise ValueError(f"{name} must be a finite number of seconds "
-                             f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
+class _Unset(enum.Enum):
+    UNSET = "unset"  # a deprecated keyword that was not given (None is a value of some)
+
+
+_UNSET = _Unset.UNSET
+
+# deprecated keyword -> (the Timeouts keyword that replaces it, the field it sets)
+_LEGACY_TIMEOUTS = {
+    "connect_timeout": ("imds_timeouts", "connect"),
+    "read_timeout": ("imds_timeouts", "read"),
+    "deadline": ("imds_timeouts", "total"),
+    "ests_connect_timeout": ("ests_timeouts", "connect"),
+    "ests_read_timeout": ("ests_timeouts", "read"),
+    "ests_total_timeout": ("ests_timeouts", "total"),
+}
+
+
+def _timeouts(
+    group: str, given: Timeouts | None, default: Timeouts, legacy: dict[str, Any]
+) -> Timeouts:
+    """``given``, or ``default`` with the deprecated keywords of ``group`` applied (each with a
+    DeprecationWarning); both at once is a ValueError naming them."""
+    old = {k: v for k, v in legacy.items()
+           if v is not _UNSET and _LEGACY_TIMEOUTS[k][0] == group}
+    if given is not None and old:
+        raise ValueError(f"give {group}= or {', '.join(f'{k}=' for k in old)}, not both "
+                         f"({', '.join(old)} {'is' if len(old) == 1 else 'are'} deprecated)")
+    if given is not None:
+        return given
+    changes: dict[str, Any] = {}
+    for name, value in old.items():
+        fieldname = _LEGACY_TIMEOUTS[name][1]
+        warnings.warn(
+            f"{name}= is deprecated; use {group}=Timeouts(connect=..., read=..., total=...) "
+            f"({name} is its {fieldname!r})", DeprecationWarning, stacklevel=3)
+        check_seconds(name, value)
+        changes[fieldname] = value
+    return dataclasses.replace(default, **changes) if changes else default
 
 
 def _describe(exc: Exception) -> str:
@@ -86,15 +117,15 @@ def _describe(exc: Exception) -> str:
 
 @dataclass(frozen=True)
 class _Minted:
+    """A :class:`~msicert.backends.contract.NewEntry`: what the store links and persists."""
+
     der: bytes
-    # A Secret: reporters that capture locals repr objects and walk their __dict__.
-    key_pem: Secret[bytes] | bytes = field(repr=False)
+    # The key generate_key returned; its PEM (where exportable) is a Secret inside it.
+    key: KeyMaterial = field(repr=False)
     client_id: str
     tenant_id: str
     mtls_endpoint: str
     identity_type: str
-    key_name: str
-    key_kind: str
 
 
 class ManagedIdentityClient:
@@ -103,19 +134,24 @@ class ManagedIdentityClient:
     With no selector it speaks for the system-assigned identity; ``client_id``, ``object_id``
     or ``resource_id`` (one at most) pick a user-assigned one. ``store_dir`` overrides the
     store directory; ``store_location`` picks the Windows store (``"current-user"``, the
-    default, or ``"local-machine"`` for services). ``imds_endpoint`` is the IMDS base
+    default, or ``"local-machine"`` for services); ``store`` is a ready
+    :class:`~msicert.backends.contract.Store` instead (one of the three at most: two of them
+    is a ValueError naming both). ``imds_endpoint`` is the IMDS base
     (default: the environment, then ``http://169.254.169.254``); ``issuer`` the expected
     issuer CN (default: ``$MSICERT_ISSUER``, then
     ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
-    ``connect_timeout``/``read_timeout`` bound each IMDS request; ``deadline`` (seconds, default
-    none) bounds all the IMDS work of one call, retries included. Without ``deadline`` the IMDS
-    work of a mint is bounded by its worst case under the retry policy
-    (:func:`imds_worst_case`, 332 s with the defaults). A proactive renewal, made
-    while the caller still holds a valid certificate, is bounded by ``renewal_deadline``
-    (default 10 s, or ``deadline`` when that is shorter): a hung IMDS never holds such a caller
-    longer. ``ests_connect_timeout``/``ests_read_timeout`` bound each connect and each wait for
-    bytes of an ESTS request; ``ests_total_timeout`` (default 60 s, ``None`` = no bound) bounds
-    each ESTS request as a whole, however slowly ESTS trickles its answer.
+    ``imds_timeouts`` (a :class:`~msicert.Timeouts`, default ``Timeouts(connect=2, read=10,
+    total=None)``): ``connect``/``read`` bound each IMDS request; ``total`` bounds all the IMDS
+    work of one call, retries included. Without ``total`` the IMDS work of a mint is bounded by
+    its worst case under the retry policy (:func:`imds_worst_case`, 332 s with the defaults).
+    A proactive renewal, made while the caller still holds a valid certificate, is bounded by
+    ``renewal_deadline`` (default 10 s, or ``imds_timeouts.total`` when that is shorter): a
+    hung IMDS never holds such a caller longer. ``ests_timeouts`` (default
+    ``Timeouts(connect=5, read=30, total=60)``): ``connect``/``read`` bound each connect and
+    each wait for bytes of an ESTS request; ``total`` (``None`` = no bound) bounds each ESTS
+    request as a whole, however slowly ESTS trickles its answer. The keywords they replace
+    (``connect_timeout``, ``read_timeout``, ``deadline``, ``ests_connect_timeout``,
+    ``ests_read_timeout``, ``ests_total_timeout``) still work, with a DeprecationWarning.
 
     Waiting for another thread or process that holds the identity's lock lasts
     :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
@@ -137,38 +173,49 @@ class ManagedIdentityClient:
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        connect_timeout: float = 2.0,
-        read_timeout: float = 10.0,
+        imds_timeouts: Timeouts | None = None,
+        ests_timeouts: Timeouts | None = None,
         lock_timeout: float | None = None,
         renewal_backoff: float = 30.0,
-        deadline: float | None = None,
         renewal_deadline: float = 10.0,
-        ests_connect_timeout: float = 5.0,
-        ests_read_timeout: float = 30.0,
-        ests_total_timeout: float | None = 60.0,
+        # deprecated: the fields of imds_timeouts / ests_timeouts
+        connect_timeout: float | _Unset = _UNSET,
+        read_timeout: float | _Unset = _UNSET,
+        deadline: float | _Unset | None = _UNSET,
+        ests_connect_timeout: float | _Unset = _UNSET,
+        ests_read_timeout: float | _Unset = _UNSET,
+        ests_total_timeout: float | _Unset | None = _UNSET,
     ) -> None:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
-        _check_seconds(connect_timeout=connect_timeout, read_timeout=read_timeout,
-                       lock_timeout=lock_timeout, deadline=deadline,
-                       renewal_deadline=renewal_deadline, ests_connect_timeout=ests_connect_timeout,
-                       ests_read_timeout=ests_read_timeout)
-        _check_seconds(zero_ok=True, renewal_backoff=renewal_backoff)
+        legacy: dict[str, Any] = {
+            "connect_timeout": connect_timeout, "read_timeout": read_timeout,
+            "deadline": deadline, "ests_connect_timeout": ests_connect_timeout,
+            "ests_read_timeout": ests_read_timeout, "ests_total_timeout": ests_total_timeout,
+        }
+        self._imds_timeouts = _timeouts("imds_timeouts", imds_timeouts, DEFAULT_IMDS_TIMEOUTS,
+                                        legacy)
+        self._ests_timeouts = _timeouts("ests_timeouts", ests_timeouts, DEFAULT_ESTS_TIMEOUTS,
+                                        legacy)
+        check_seconds("lock_timeout", lock_timeout)
+        check_seconds("renewal_deadline", renewal_deadline)
+        check_seconds("renewal_backoff", renewal_backoff, zero_ok=True)
+        if store is not None and (store_dir is not None or store_location is not None):
+            other = "store_dir" if store_dir is not None else "store_location"
+            raise ValueError(f"give store= or {other}=, not both: a Store object already "
+                             "knows where its entries live")
         self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
         self._store = store if store is not None else default_store(store_dir, store_location)
         self._imds_endpoint = imds_endpoint
-        self._imds_options = (connect_timeout, read_timeout, retry, sleep)
+        self._retry = retry
         self._imds_client: ImdsClient | None = None
         self._clock = clock
         self._lock_timeout = lock_timeout
         self._retry_policy: RetryPolicy | None = None
         self._busy_since: float | None = None  # when renewal first found the lock busy
         self._renewal_backoff = renewal_backoff
-        self._deadline = deadline
         self._renewal_deadline = renewal_deadline
-        self._ests_timeouts = (ests_connect_timeout, ests_read_timeout)
-        self._ests_total_timeout = ests_total_timeout
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
         self._renew_not_before = 0.0
@@ -180,6 +227,16 @@ class ManagedIdentityClient:
     def store(self) -> Store:
         """The store this client reads and writes."""
         return self._store
+
+    @property
+    def imds_timeouts(self) -> Timeouts:
+        """The IMDS timeouts in effect."""
+        return self._imds_timeouts
+
+    @property
+    def ests_timeouts(self) -> Timeouts:
+        """The ESTS timeouts in effect."""
+        return self._ests_timeouts
 
     # --- the hot path ------------------------------------------------------------------------
     def get_certificate(self) -> BindingCertificate:
@@ -337,30 +394,29 @@ class ManagedIdentityClient:
 
     def _imds(self) -> ImdsClient:
         if self._imds_client is None:
-            from ._imds import ImdsClient
+            from .wire._imds import ImdsClient
 
-            connect, read, _, sleep = self._imds_options
             self._imds_client = ImdsClient(
-                self._imds_endpoint, connect_timeout=connect, read_timeout=read,
-                retry=self._policy(), sleep=sleep,
+                self._imds_endpoint, connect_timeout=self._imds_timeouts.connect,
+                read_timeout=self._imds_timeouts.read, retry=self._policy(), sleep=self._sleep,
             )
         return self._imds_client
 
     def _policy(self) -> RetryPolicy:
         if self._retry_policy is None:
-            from ._imds import RetryPolicy
+            from .wire._imds import RetryPolicy
 
-            self._retry_policy = self._imds_options[2] or RetryPolicy.from_env()
+            self._retry_policy = self._retry or RetryPolicy.from_env()
         return self._retry_policy
 
     @property
     def mint_budget(self) -> float:
-        """Seconds the IMDS work of one blocking mint may take: ``deadline``, or else the
-        worst case of the retry policy and timeouts (:func:`imds_worst_case`)."""
-        if self._deadline is not None:
-            return self._deadline
-        connect, read, _, _ = self._imds_options
-        return imds_worst_case(self._policy(), connect, read)
+        """Seconds the IMDS work of one blocking mint may take: ``imds_timeouts.total``, or else
+        the worst case of the retry policy and timeouts (:func:`imds_worst_case`)."""
+        t = self._imds_timeouts
+        if t.total is not None:
+            return t.total
+        return imds_worst_case(self._policy(), t.connect, t.read)
 
     @property
     def lock_wait(self) -> float:
@@ -405,12 +461,11 @@ class ManagedIdentityClient:
             return manager
         with self._token_manager_lock:
             if self._token_manager is None:
-                from ._tokens import TokenManager
+                from ._token_cache import TokenManager
 
-                connect, read = self._ests_timeouts
                 self._token_manager = TokenManager(
-                    self, clock=self._clock, sleep=self._sleep, connect_timeout=connect,
-                    read_timeout=read, total_timeout=self._ests_total_timeout,
+                    self, self._store.transport(), clock=self._clock, sleep=self._sleep,
+                    timeouts=self._ests_timeouts,
                 )
             return self._token_manager
 
@@ -449,18 +504,17 @@ class ManagedIdentityClient:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        from ._attestation import attestation_token
-        from ._csr import build_csr, csr_to_wire
+        from .wire._csr import build_csr, csr_to_wire
 
         csr = build_csr(
             spki_der=key.spki_der, sign=key.sign, client_id=meta.client_id,
             tenant_id=meta.tenant_id, cuid=meta.cuid,
         )
-        token = attestation_token(key, meta, self.identity)
+        token = key.attestation_token(meta)
         try:
             issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
         except ImdsError as exc:
-            from ._imds import is_attestation_refusal
+            from .wire._imds import is_attestation_refusal
 
             if is_attestation_refusal(exc):
                 raise AttestationRequiredError.from_refusal(
@@ -497,10 +551,9 @@ class ManagedIdentityClient:
                 "check the system clock", step=step,
             )
         minted = _Minted(
-            der=issued.certificate_der, key_pem=key.key_pem, client_id=issued.client_id,
+            der=issued.certificate_der, key=key, client_id=issued.client_id,
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
-            identity_type=issued.identity_type, key_name=getattr(key, "name", ""),
-            key_kind=key.kind,
+            identity_type=issued.identity_type,
         )
         return minted, probe
 
@@ -534,15 +587,8 @@ class ManagedIdentityClient:
         :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
         certificate store: use :meth:`request` (WinHTTP) there.
         """
-        from ._tls import TlsCache
-
         cert = self.get_certificate()
-        tls = self._tokens().tls
-        if not isinstance(tls, TlsCache):
-            from ._mtls import KeyNotExportableError
-
-            raise KeyNotExportableError(cert.x5t_s256, cert.key, cert.store)
-        return tls.context(cert)
+        return self._tokens().tls.context(cert)
 
     def _mtls_pool(self) -> tuple[BindingCertificate, Any]:
         """The current certificate and the pool presenting it (urllib3 or WinHTTP)."""
@@ -554,12 +600,13 @@ class ManagedIdentityClient:
 
         The certificate stays in memory and in the store; a later call reopens what it needs.
         """
-        from ._mtls import close_client_resources
-
         tokens, imds = self._token_manager, self._imds_client
         self._token_manager = None
         self._imds_client = None
-        close_client_resources(tokens, imds)
+        if tokens is not None:
+            tokens.tls.close()
+        if imds is not None:
+            imds.close()
 
     def __enter__(self) -> ManagedIdentityClient:
         return self

@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from ._client import ManagedIdentityClient
-from ._trust import ENV_CA_BUNDLE
+from .backends.posix._trust import ENV_CA_BUNDLE
 
 __all__ = ["run_demo"]
 

@@ -1,12 +1,10 @@
-"""Bring-your-own-HTTP-client support: the non-exportable-key error and resource cleanup."""
+"""Bring-your-own-HTTP-client support: the error for a key that Python's ``ssl`` cannot use."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._errors import MsiCertError
 
-__all__ = ["KeyNotExportableError", "close_client_resources"]
+__all__ = ["KeyNotExportableError"]
 
 
 class KeyNotExportableError(MsiCertError):
@@ -24,19 +22,3 @@ class KeyNotExportableError(MsiCertError):
         self.x5t_s256 = x5t_s256
         self.key = key
         self.store = store
-
-
-def close_client_resources(tokens: Any, imds: Any) -> None:
-    """Close every pool of a client's token manager (mTLS) and IMDS client, drop contexts."""
-    if tokens is not None:
-        tls = tokens.tls
-        # TlsCache keeps (context, pool) per thumbprint, WinHttpCache one pool per thumbprint;
-        # evict() closes the connections of either.
-        held = getattr(tls, "_entries", None) or getattr(tls, "_pools", None) or {}
-        for x5t in list(held):
-            tls.evict(x5t)
-    if imds is not None:
-        pool = getattr(imds, "_pool", None)
-        if pool is not None:
-            pool.clear()
-            imds._pool = None

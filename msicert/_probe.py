@@ -81,7 +81,7 @@ def probe(imds_endpoint: str | None = None, timeout: float = 2.0) -> ProbeResult
     ``imds_endpoint`` defaults to ``$AZURE_POD_IDENTITY_AUTHORITY_HOST``, then
     ``http://169.254.169.254``.
     """
-    from ._imds import imds_base_from_env
+    from .wire._imds import imds_base_from_env
 
     base = (imds_endpoint or imds_base_from_env()).rstrip("/")
     started = time.monotonic()

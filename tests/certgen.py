@@ -24,6 +24,7 @@ def rsa_key(n: int = 0) -> rsa.RSAPrivateKey:
 def make_cert(
     *,
     key: rsa.RSAPrivateKey | None = None,
+    spki_der: bytes | None = None,
     cn: str = CLIENT,
     dc: str = TENANT,
     issuer_cn: str = ISSUER_CN,
@@ -31,6 +32,8 @@ def make_cert(
     not_after: float,
 ) -> x509.Certificate:
     key = key or rsa_key(0)
+    # A key that lives elsewhere (a store's CNG key) is given by its public half.
+    public = serialization.load_der_public_key(spki_der) if spki_der else key.public_key()
     issuer_key = rsa_key(9)
     subject = x509.Name([
         x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.DOMAIN_COMPONENT, dc)]),
@@ -40,7 +43,7 @@ def make_cert(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
-        .public_key(key.public_key())
+        .public_key(public)  # type: ignore[arg-type]
         .serial_number(x509.random_serial_number())
         .not_valid_before(dt.datetime.fromtimestamp(not_before, dt.timezone.utc))
         .not_valid_after(dt.datetime.fromtimestamp(not_after, dt.timezone.utc))

@@ -60,7 +60,8 @@ def make_client(emu, store_dir):
     from msicert import ManagedIdentityClient
 
     def make(**kw):
-        kw.setdefault("store_dir", store_dir)
+        if "store" not in kw:  # a Store object and store_dir together is refused
+            kw.setdefault("store_dir", store_dir)
         kw.setdefault("imds_endpoint", emu.imds_url)
         kw.setdefault("renewal_backoff", 0.0)
         return ManagedIdentityClient(**kw)

@@ -8,16 +8,29 @@ from dataclasses import dataclass
 import pytest
 
 from msicert import Identity
-from msicert._store import CorruptEntry
-from tests.certgen import CLIENT, ISSUER_CN, der, key_pem, make_cert, rsa_key
+from msicert.backends.contract import CorruptEntry, KeyMaterial
+from msicert.backends.posix._software_key import SoftwareKey
+from tests.certgen import CLIENT, ISSUER_CN, der, make_cert, rsa_key
 
 UAMI = Identity.from_selectors(client_id="22222222-2222-3333-4444-555555555555")
 
 
+@dataclass(frozen=True)
+class PemKey:
+    """Key material given as PEM bytes, for file-store tests that write chosen (even broken)
+    keys; ``key_pem`` is all the file store reads of a key."""
+
+    key_pem: bytes
+    name: str = ""
+    kind: str = "file"
+
+
 @dataclass
 class Entry:
+    """A :class:`~msicert.backends.contract.NewEntry`, as the client builds one after a mint."""
+
     der: bytes
-    key_pem: bytes
+    key: KeyMaterial | PemKey
     client_id: str = CLIENT
     tenant_id: str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
     mtls_endpoint: str = "https://127.0.0.1:1"
@@ -25,22 +38,42 @@ class Entry:
 
 
 def entry(
-    *, cn: str = CLIENT, key_no: int = 0, lifetime: float = 3600.0, age: float = 60.0
+    *, cn: str = CLIENT, key_no: int = 0, lifetime: float = 3600.0, age: float = 60.0,
+    key: KeyMaterial | None = None,
 ) -> Entry:
+    """An entry for ``key``, or for the cached test key ``key_no`` (a SoftwareKey)."""
     now = time.time()
-    key = rsa_key(key_no)
-    cert = make_cert(key=key, cn=cn, not_before=now - age, not_after=now - age + lifetime)
-    return Entry(der=der(cert), key_pem=key_pem(key), client_id=cn)
+    if key is None:
+        key = SoftwareKey(rsa_key(key_no))
+    cert = make_cert(spki_der=key.spki_der, cn=cn, not_before=now - age,
+                     not_after=now - age + lifetime)
+    return Entry(der=der(cert), key=key, client_id=cn)
+
+
+def pem_of(e: Entry) -> bytes:
+    """The entry's private key as PEM bytes (the file store's on-disk form)."""
+    pem = e.key.key_pem
+    return pem if isinstance(pem, bytes) else pem.reveal()
 
 
 class StoreContract:
-    """Subclass and provide a ``store`` fixture."""
+    """Subclass and provide a ``store`` fixture; nothing else (no wrapper around the store).
+
+    Every entry is issued for a key that the store under test made (``generate_key``), and
+    goes back to ``put`` with that key, exactly as a mint does.
+    """
+
+    @staticmethod
+    def new_entry(store, **kw) -> Entry:
+        """An entry whose certificate carries a fresh key from ``store.generate_key``."""
+        kw.pop("key_no", None)  # every generated key is distinct already
+        return entry(key=store.generate_key(Identity()), **kw)
 
     def test_find_on_empty_store_is_none(self, store):
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
 
     def test_put_then_find_returns_same_certificate_and_metadata(self, store):
-        e = entry()
+        e = self.new_entry(store)
         put = store.put(Identity(), e, issuer_cn=ISSUER_CN)
         got = store.find(Identity(), issuer_cn=ISSUER_CN)
         assert got is not None
@@ -51,42 +84,42 @@ class StoreContract:
         assert got.source == "store"
 
     def test_put_replaces_previous_entry_of_same_identity(self, store):
-        store.put(Identity(), entry(key_no=0), issuer_cn=ISSUER_CN)
-        second = store.put(Identity(), entry(key_no=1), issuer_cn=ISSUER_CN)
+        store.put(Identity(), self.new_entry(store, key_no=0), issuer_cn=ISSUER_CN)
+        second = store.put(Identity(), self.new_entry(store, key_no=1), issuer_cn=ISSUER_CN)
         assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
 
     def test_identities_never_share_an_entry(self, store):
-        sys_e = store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
+        sys_e = store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
         assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
-        u = store.put(UAMI, entry(cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
+        u = store.put(UAMI, self.new_entry(store, cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
         assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == sys_e.x5t_s256
         assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == u.x5t_s256
         by_object = Identity.from_selectors(object_id=UAMI.value)
         assert store.find(by_object, issuer_cn=ISSUER_CN) is None
 
     def test_remove_with_thumbprint_only_removes_that_certificate(self, store):
-        first = store.put(Identity(), entry(key_no=0), issuer_cn=ISSUER_CN)
-        second = store.put(Identity(), entry(key_no=1), issuer_cn=ISSUER_CN)
+        first = store.put(Identity(), self.new_entry(store, key_no=0), issuer_cn=ISSUER_CN)
+        second = store.put(Identity(), self.new_entry(store, key_no=1), issuer_cn=ISSUER_CN)
         assert store.remove(Identity(), first.x5t_s256) is False
         assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
         assert store.remove(Identity(), second.x5t_s256) is True
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
 
     def test_purge_removes_only_that_identity(self, store):
-        store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
-        store.put(UAMI, entry(cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
+        store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
+        store.put(UAMI, self.new_entry(store, cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
         assert store.purge(UAMI) == 1
         assert store.purge(UAMI) == 0
         assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
 
     def test_wrong_issuer_is_reported_corrupt_not_absent(self, store):
-        store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
+        store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
         with pytest.raises(CorruptEntry, match="issuer"):
             store.find(Identity(), issuer_cn="someone-else.example")
 
     def test_put_refuses_certificate_of_another_client_id_and_keeps_old_entry(self, store):
-        good = store.put(UAMI, entry(cn=UAMI.value), issuer_cn=ISSUER_CN)
+        good = store.put(UAMI, self.new_entry(store, cn=UAMI.value), issuer_cn=ISSUER_CN)
         with pytest.raises(CorruptEntry, match="another client id"):
-            store.put(UAMI, entry(cn=CLIENT, key_no=1), issuer_cn=ISSUER_CN)
+            store.put(UAMI, self.new_entry(store, cn=CLIENT, key_no=1), issuer_cn=ISSUER_CN)
         assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == good.x5t_s256

@@ -14,12 +14,13 @@ import tracemalloc
 
 import pytest
 
-from msicert import Identity, ImdsResponseError, StoreError, TokenError, _store_file
-from msicert._imds import _MAX_BODY, ImdsClient, RetryPolicy
-from msicert._store import CorruptEntry
-from msicert._store_file import MAX_ENTRY_BYTES, FileStore
-from msicert._token import _MAX_BODY as _MAX_TOKEN_BODY
+from msicert import Identity, ImdsResponseError, StoreError, TokenError
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix import _file_store
+from msicert.backends.posix._file_store import MAX_ENTRY_BYTES, FileStore
 from msicert.emulator import Fault
+from msicert.wire._ests import _MAX_BODY as _MAX_TOKEN_BODY
+from msicert.wire._imds import _MAX_BODY, ImdsClient, RetryPolicy
 from tests.certgen import ISSUER_CN
 from tests.store_contract import entry
 
@@ -121,7 +122,7 @@ def test_a_10_mb_store_file_is_corrupt_after_reading_at_most_max_entry_bytes(sto
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(_store_file.os, "read", counting_read)
+    monkeypatch.setattr(_file_store.os, "read", counting_read)
 
     def find():
         with pytest.raises(CorruptEntry, match="larger than") as info:

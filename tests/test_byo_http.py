@@ -13,7 +13,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from msicert import KeyNotExportableError, MsiCertError
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 
 RESOURCE = "https://vault.azure.net"
 
@@ -97,22 +97,21 @@ def test_a_token_from_another_certificate_is_refused_by_the_resource(make_client
     assert "cnf.x5t#S256 mismatch" in json.loads(resp.data)["error_description"]
 
 
-class _WindowsStoreTransport:
-    """Fake (boundary: no Windows certificate store here): stands in for WinHttpCache."""
-
-    def pool(self, cert):  # pragma: no cover - never reached by ssl_context()
-        raise AssertionError
+def _no_cert_context(x5t: str):  # pragma: no cover - ssl_context() never opens one
+    raise AssertionError("ssl_context() must not reach the certificate store")
 
 
 class _StoreWithWinHttpTransport(FileStore):
-    """A real file store whose token leg reports a WinHTTP-style transport, as the Windows
-    store does (the only thing ssl_context() looks at)."""
+    """A real file store whose transport is the real WinHTTP one, as the Windows store's is
+    (its context() needs no Windows: it refuses before any native call)."""
 
     def transport(self):
-        return _WindowsStoreTransport()
+        from msicert.backends.windows._winhttp_transport import WinHttpCache
+
+        return WinHttpCache(_no_cert_context, "CurrentUser\\My")
 
 
-def test_ssl_context_refuses_a_windows_store_key_fake_winhttp_transport(make_client, store_dir):
+def test_ssl_context_refuses_a_key_behind_the_winhttp_transport(make_client, store_dir):
     client = make_client(store=_StoreWithWinHttpTransport(store_dir))
     with pytest.raises(KeyNotExportableError) as info:
         client.ssl_context()

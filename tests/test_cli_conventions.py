@@ -20,7 +20,7 @@ import msicert
 from msicert import ManagedIdentityClient
 from msicert._cli import _bar, _duration
 from msicert._identity import Identity
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault, decode_token_payload
 from tests.conftest import ROOT, cli_env, cli_json, run_cli
 

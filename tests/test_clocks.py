@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from msicert import Identity, ImdsError, ImdsResponseError, TokenError
-from msicert._imds import ImdsClient, RetryPolicy
+from msicert import Identity, ImdsError, ImdsResponseError, Timeouts, TokenError
 from msicert._policy import State
-from msicert._store_file import FileStore
-from msicert._tokens import TokenManager
+from msicert._token_cache import TokenManager
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 
 RESOURCE = "https://vault.azure.net"
 SLACK = 1.5  # s added to every measured upper bound: generous, speed targets live in benchmarks
@@ -247,8 +247,10 @@ def test_imds_connect_timeout_is_configurable(emu):
 def test_ests_timeouts_of_the_token_manager_are_honoured(make_client, emu):
     c = make_client()
     c.get_certificate()
-    assert TokenManager(c, clock=time.time)._timeouts == (5.0, 30.0)  # the defaults
-    c._token_manager = TokenManager(c, clock=time.time, connect_timeout=0.5, read_timeout=0.3)
+    defaults = TokenManager(c, c.store.transport(), clock=time.time)
+    assert defaults._timeouts == Timeouts(connect=5.0, read=30.0, total=60.0)
+    c._token_manager = TokenManager(c, c.store.transport(), clock=time.time,
+                                    timeouts=Timeouts(connect=0.5, read=0.3, total=60.0))
     emu.inject("token", Fault(delay=3.0))
     t0 = time.monotonic()
     with pytest.raises(TokenError, match="ReadTimeoutError"):
@@ -260,7 +262,8 @@ def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_clie
     """Measured bound today: (1 + 3 retries) x read_timeout + scaled waits, per IMDS step."""
     emu.lifetime = 1000.0
     read_timeout = 0.5
-    c = make_client(clock=clock, read_timeout=read_timeout, renewal_backoff=60.0)
+    c = make_client(clock=clock, imds_timeouts=Timeouts(connect=2.0, read=read_timeout),
+                    renewal_backoff=60.0)
     cert = c.get_certificate()
     jump_to(clock, cert.renew_after_ts + 1)
     emu.inject("getplatformmetadata", Fault(delay=5.0, times=None))
@@ -289,7 +292,7 @@ def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_clie
 
 def test_with_a_deadline_a_renewing_caller_is_served_within_it(make_client, emu, clock):
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, read_timeout=2.0, deadline=0.5)
+    c = make_client(clock=clock, imds_timeouts=Timeouts(connect=2.0, read=2.0, total=0.5))
     cert = c.get_certificate()
     jump_to(clock, cert.renew_after_ts + 1)
     emu.inject("getplatformmetadata", Fault(delay=5.0, times=None))
@@ -300,7 +303,7 @@ def test_with_a_deadline_a_renewing_caller_is_served_within_it(make_client, emu,
 
 def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it(make_client,
                                                                                 emu):
-    c = make_client(read_timeout=2.0, deadline=0.5)
+    c = make_client(imds_timeouts=Timeouts(connect=2.0, read=2.0, total=0.5))
     emu.inject("getplatformmetadata", Fault(delay=5.0, times=None))
     t0 = time.monotonic()
     with pytest.raises(ImdsError):

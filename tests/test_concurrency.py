@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from msicert import Identity
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert import Identity, Timeouts
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import ROOT, cli_env
 
@@ -26,7 +26,7 @@ ISSUER = "managedidentitysnissuer.login.microsoft.com"
 RACER = r"""
 import os, sys, time
 import msicert._cli as cli
-import msicert._store_file as sf
+import msicert.backends.posix._file_store as sf
 crash = os.environ.get("CRASH_AT")
 if crash:
     def die(phase):
@@ -177,9 +177,9 @@ def test_sigkill_at_random_instants_never_tears_the_store(emu, store_dir):
 
 TIMED_CLIENT = r"""
 import json, sys, time
-from msicert import ManagedIdentityClient
+from msicert import ManagedIdentityClient, Timeouts
 c = ManagedIdentityClient(store_dir=sys.argv[1], imds_endpoint=sys.argv[2],
-                          connect_timeout=1.0, read_timeout=4.0, lock_timeout=0.5)
+                          imds_timeouts=Timeouts(connect=1.0, read=4.0), lock_timeout=0.5)
 print("ready", flush=True)
 start = time.monotonic()
 cert = c.get_certificate()
@@ -221,7 +221,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
 def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
     from msicert import ManagedIdentityClient
     from msicert._client import MINT_OVERHEAD, imds_worst_case
-    from msicert._imds import RetryPolicy
+    from msicert.wire._imds import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0
     # 2 calls x (8 tries x (2 + 10 s) + the reference's 70 s of waits)
@@ -232,12 +232,13 @@ def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch
     default = ManagedIdentityClient(store_dir=store_dir)
     assert (default.mint_budget, default.lock_wait) == (332.0, 362.0)
     monkeypatch.setenv("MSICERT_IMDS_RETRY_SCALE", "0.001")
-    scaled = make_client(connect_timeout=1.0, read_timeout=4.0, lock_timeout=0.5)
+    scaled = make_client(imds_timeouts=Timeouts(connect=1.0, read=4.0), lock_timeout=0.5)
     assert scaled.mint_budget == pytest.approx(2 * (8 * 5.0 + 70 * 0.001))
     assert scaled.lock_wait == pytest.approx(scaled.mint_budget + MINT_OVERHEAD)
-    bounded = make_client(deadline=20.0)
+    bounded = make_client(imds_timeouts=Timeouts(connect=2.0, read=10.0, total=20.0))
     assert (bounded.mint_budget, bounded.lock_wait) == (20.0, 50.0)
-    patient = make_client(deadline=20.0, lock_timeout=600.0)
+    patient = make_client(imds_timeouts=Timeouts(connect=2.0, read=10.0, total=20.0),
+                          lock_timeout=600.0)
     assert patient.lock_wait == 600.0  # lock_timeout only ever lengthens the wait
-    assert make_client(retry=RetryPolicy(scale=0.0), connect_timeout=1.0,
-                       read_timeout=1.0).mint_budget == 2 * 8 * 2.0
+    assert make_client(retry=RetryPolicy(scale=0.0),
+                       imds_timeouts=Timeouts(connect=1.0, read=1.0)).mint_budget == 2 * 8 * 2.0

@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from msicert import Identity
-from msicert._imds import ImdsClient, RetryPolicy
-from msicert._store_file import default_directory
+from msicert.backends.posix._file_store import default_directory
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 from tests.conftest import ROOT, cli_env
 
 
@@ -87,6 +87,7 @@ def test_cli_with_a_relative_xdg_config_home_stores_under_home_not_the_working_d
     assert home_entry.exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*is deprecated:DeprecationWarning")  # the old keywords
 @pytest.mark.parametrize(("option", "value"), [
     ("connect_timeout", float("nan")), ("read_timeout", float("inf")), ("read_timeout", 0.0),
     ("deadline", -1.0), ("lock_timeout", float("nan")), ("renewal_deadline", float("inf")),
@@ -102,5 +103,4 @@ def test_client_refuses_durations_that_would_disable_their_bound(store_dir, opti
 def test_client_accepts_a_zero_renewal_backoff(store_dir):
     from msicert import ManagedIdentityClient
 
-    ManagedIdentityClient(store_dir=store_dir, renewal_backoff=0.0, deadline=None,
-                          lock_timeout=None)
+    ManagedIdentityClient(store_dir=store_dir, renewal_backoff=0.0, lock_timeout=None)

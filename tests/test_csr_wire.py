@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from msicert._csr import build_csr, csr_to_wire
+from msicert.wire._csr import build_csr, csr_to_wire
 
 # MSAL Go csr_test.go constants.
 GO_CLIENT_ID = "5c8b5b0a-1f8b-4a1e-9c4a-3f3a1b2c3d4e"

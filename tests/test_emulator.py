@@ -1,7 +1,7 @@
 """The emulator speaks the IMDS v2 / ESTS wire contract and catches clients that do not.
 
-Driven with plain urllib3 and ssl clients and CSRs from ``msicert._csr.build_csr``; variants
-that build_csr cannot produce are assembled with ``msicert._der`` or cryptography's builder.
+Driven with plain urllib3 and ssl clients and CSRs from ``msicert.wire._csr.build_csr``; variants
+that build_csr cannot produce are assembled with ``msicert.wire._der`` or cryptography's builder.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msicert import _der as der
-from msicert._csr import PSS_ALGORITHM_DER, build_csr, csr_to_wire
 from msicert.emulator import ISSUER_CN, Emulator, Fault, decode_token_payload
 from msicert.emulator._csrcheck import check_csr
+from msicert.wire import _der as der
+from msicert.wire._csr import PSS_ALGORITHM_DER, build_csr, csr_to_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 GPM = "/metadata/identity/getplatformmetadata"

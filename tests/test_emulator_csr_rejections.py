@@ -28,7 +28,7 @@ import urllib3
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from msicert import _der as der
+from msicert.wire import _der as der
 
 ISSUE = "/metadata/identity/issuecredential"
 GPM = "/metadata/identity/getplatformmetadata"

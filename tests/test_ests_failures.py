@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 import msicert
-from msicert import TokenError
+from msicert import Timeouts, TokenError
 from msicert.emulator import Fault
 
 RESOURCE = "https://vault.azure.net"
@@ -199,11 +199,11 @@ def test_request_over_https_still_works_and_sends_the_pop_header(warm, emu):
 
 @pytest.mark.parametrize("kind", ["trickle_body", "trickle_headers"])
 def test_an_ests_that_trickles_its_answer_fails_within_the_total_timeout(make_client, emu, kind):
-    c = make_client(ests_total_timeout=1.0, ests_read_timeout=5.0)
+    c = make_client(ests_timeouts=Timeouts(connect=5.0, read=5.0, total=1.0))
     c.get_certificate()
     emu.inject("token", Fault(kind=kind, delay=0.2))  # one byte / one header line per 0.2 s
     t0 = time.monotonic()
-    with pytest.raises(TokenError, match=r"did not answer within ests_total_timeout \(1 s\)"):
+    with pytest.raises(TokenError, match=r"did not answer within ests_timeouts.total \(1 s\)"):
         c.acquire_token(RESOURCE)
     elapsed = time.monotonic() - t0
     assert 1.0 <= elapsed < 1.0 + SLACK, elapsed
@@ -212,11 +212,11 @@ def test_an_ests_that_trickles_its_answer_fails_within_the_total_timeout(make_cl
 
 
 def test_the_total_timeout_defaults_to_sixty_seconds(make_client):
-    assert make_client()._tokens()._total_timeout == 60.0
+    assert make_client()._tokens()._timeouts.total == 60.0
 
 
 def test_the_total_timeout_does_not_fire_after_a_prompt_answer(make_client, emu):
-    c = make_client(ests_total_timeout=0.3)
+    c = make_client(ests_timeouts=Timeouts(connect=5.0, read=30.0, total=0.3))
     c.acquire_token(RESOURCE)
     time.sleep(0.5)  # the armed timer, had it not been disarmed, would shut the pooled socket
     assert c.acquire_token("https://storage.azure.com").source == "identity_provider"

@@ -34,20 +34,21 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from msicert import Identity, ImdsError, ImdsResponseError, StoreError, TokenError, _store_file
+from msicert import Identity, ImdsError, ImdsResponseError, StoreError, TokenError
 from msicert._identity import is_guid
-from msicert._imds import (
+from msicert._policy import identity_mismatch
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix import _file_store
+from msicert.backends.posix._file_store import FileStore
+from msicert.wire._ests import EstsRejected, parse_token_response
+from msicert.wire._imds import (
     _MAX_BODY,
     _retry_after,
     parse_issued_credential,
     parse_platform_metadata,
 )
-from msicert._policy import identity_mismatch
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
-from msicert._token import EstsRejected, parse_token_response
 from tests.certgen import ISSUER_CN, key_pem, make_cert, rsa_key
-from tests.store_contract import UAMI, entry
+from tests.store_contract import UAMI, PemKey, entry, pem_of
 
 # --- profiles ---------------------------------------------------------------------------------
 
@@ -426,9 +427,9 @@ def _parse(data: bytes, identity: Identity, issuer: str):
 @given(data=store_bytes, identity=st.sampled_from([Identity(), UAMI]),
        issuer=st.sampled_from([ISSUER_CN, ISSUER_CN.upper(), "other.example"]))
 @example(data=GOOD_ENTRY, identity=Identity(), issuer=ISSUER_CN)
-@example(data=b" " * (_store_file.MAX_ENTRY_BYTES + 1), identity=Identity(), issuer=ISSUER_CN)
+@example(data=b" " * (_file_store.MAX_ENTRY_BYTES + 1), identity=Identity(), issuer=ISSUER_CN)
 def test_store_parser_returns_a_consistent_entry_or_corrupt_entry(data, identity, issuer):
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     outcomes = []
     for _ in range(2):  # the second parse goes through the per-process "already checked" cache
         try:
@@ -454,7 +455,7 @@ def test_store_parser_returns_a_consistent_entry_or_corrupt_entry(data, identity
 @dataclass
 class FuzzEntry:
     der: bytes
-    key_pem: bytes
+    key: PemKey
     client_id: str
     tenant_id: str
     mtls_endpoint: str
@@ -466,9 +467,10 @@ new_entries = st.builds(
     FuzzEntry,
     der=st.one_of(st.just(GOOD_NEW.der), st.just(GOOD_NEW.der),
                   st.builds(_mutate, st.just(GOOD_NEW.der), mutations()), st.just(P12)),
-    key_pem=st.one_of(st.just(GOOD_NEW.key_pem), st.just(GOOD_NEW.key_pem),
-                      st.sampled_from([OTHER_KEY_PEM, P12, b"", b"-----BEGIN PRIVATE KEY-----"]),
-                      st.builds(_mutate, st.just(GOOD_NEW.key_pem), mutations())),
+    key=st.builds(PemKey, st.one_of(
+        st.just(pem_of(GOOD_NEW)), st.just(pem_of(GOOD_NEW)),
+        st.sampled_from([OTHER_KEY_PEM, P12, b"", b"-----BEGIN PRIVATE KEY-----"]),
+        st.builds(_mutate, st.just(pem_of(GOOD_NEW)), mutations()))),
     # mostly good values, so that a fair share of the puts succeeds and is read back
     client_id=st.one_of(st.just(GOOD_NEW.client_id), st.just(GOOD_NEW.client_id), text),
     tenant_id=st.one_of(st.just(GOOD_NEW.tenant_id), st.just(GOOD_NEW.tenant_id), text),
@@ -503,10 +505,10 @@ def test_store_put_stores_exactly_what_it_returns_or_leaves_the_old_file_untouch
                                                                                    new):
     store, before = put_store
     path = store.path_for(Identity())
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     try:
         # fsync changes nothing a reader sees and costs ~10 ms: skip it so 10,000 examples fit
-        with mock.patch.object(_store_file.os, "fsync", lambda fd: None):
+        with mock.patch.object(_file_store.os, "fsync", lambda fd: None):
             stored = store.put(Identity(), new, issuer_cn=ISSUER_CN)
     except StoreError as exc:
         assert isinstance(exc, StoreError) and str(exc)
@@ -542,7 +544,7 @@ def test_a_put_that_fails_at_any_syscall_raises_store_error_and_leaves_no_torn_f
             raise OSError(errno.EIO, "injected I/O error")
         return real(*args, **kw)
 
-    monkeypatch.setattr(_store_file.os, syscall, failing)
+    monkeypatch.setattr(_file_store.os, syscall, failing)
     with pytest.raises(StoreError):
         store.put(Identity(), entry(key_no=2), issuer_cn=ISSUER_CN)
     monkeypatch.undo()

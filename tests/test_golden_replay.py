@@ -55,9 +55,9 @@ from msicert import (
 )
 from msicert._errors import TokenError
 from msicert._identity import Identity
-from msicert._imds import RetryPolicy, parse_issued_credential, parse_platform_metadata
 from msicert._policy import identity_mismatch, load_certificate
-from msicert._token import EstsRejected, parse_token_response
+from msicert.wire._ests import EstsRejected, parse_token_response
+from msicert.wire._imds import RetryPolicy, parse_issued_credential, parse_platform_metadata
 
 GOLDEN = Path(__file__).parent / "golden"
 CERT_SLOT = "{certificate issued over the CSR key}"

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from msicert import Identity, ImdsError, MsiV2UnavailableError
-from msicert._imds import ImdsClient, RetryPolicy
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 
 
 @pytest.fixture

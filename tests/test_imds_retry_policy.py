@@ -17,8 +17,8 @@ import time
 import pytest
 
 from msicert import Identity, ImdsError, MsiV2UnavailableError
-from msicert._imds import ImdsClient, RetryPolicy, _retry_after
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy, _retry_after
 
 
 def _client(emu, waits: list[float], **policy: float) -> ImdsClient:

@@ -21,11 +21,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from msicert import Identity, ImdsResponseError
-from msicert._imds import mtls_endpoint, parse_issued_credential, parse_platform_metadata
 from msicert._policy import SYSTEM_ASSIGNED_CN, identity_mismatch
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
+from msicert.wire._imds import mtls_endpoint, parse_issued_credential, parse_platform_metadata
 from tests.certgen import CLIENT, ISSUER_CN, TENANT, der, key_pem, rsa_key
+from tests.store_contract import PemKey
 
 NOW = time.time()
 OTHER = "99999999-8888-7777-6666-555555555555"
@@ -100,7 +101,7 @@ def test_dc_must_be_the_tenant_and_both_parts_must_be_there():
 # --- store: identified by the names recorded at mint time ---------------------------------------
 class _Entry:
     def __init__(self, c: x509.Certificate) -> None:
-        self.der, self.key_pem = der(c), key_pem(rsa_key(0))
+        self.der, self.key = der(c), PemKey(key_pem(rsa_key(0)))
         self.client_id, self.tenant_id = CLIENT, TENANT
         self.mtls_endpoint, self.identity_type = "https://mtls.example", "SystemAssigned"
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from msicert import ImdsResponseError, ManagedIdentityClient
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import cli_json
 from tests.test_store_file import CORRUPTIONS, _write_entry
@@ -151,13 +151,13 @@ def test_failed_mint_never_deletes_the_last_valid_certificate(make_client, emu, 
 
 @pytest.mark.parametrize("reason", sorted(CORRUPTIONS))
 def test_corrupt_entry_is_removed_and_reminted_exactly_once(make_client, emu, store_dir, reason):
-    from msicert import _store_file
+    from msicert.backends.posix import _file_store
 
     store = FileStore(store_dir)
     make_client().get_certificate()
     data = Path(store.path_for(make_client().identity)).read_bytes()
     _write_entry(store, CORRUPTIONS[reason](data))
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     emu.reset()
     cert = make_client().get_certificate()
     assert cert.source == "imds"
@@ -171,7 +171,7 @@ def test_entry_of_wrong_subject_or_issuer_is_replaced(make_client, emu, store_di
     import time
 
     from tests.certgen import der, key_pem, make_cert, rsa_key
-    from tests.store_contract import Entry
+    from tests.store_contract import Entry, PemKey, pem_of
 
     now = time.time()
     cert = make_cert(key=rsa_key(3), not_before=now - 10, not_after=now + 3600,
@@ -180,14 +180,14 @@ def test_entry_of_wrong_subject_or_issuer_is_replaced(make_client, emu, store_di
     client = make_client(client_id=UAMI_CLIENT)
     store = FileStore(store_dir)
     # Write the bad entry directly: the store refuses to put it.
-    e = Entry(der=der(cert), key_pem=key_pem(rsa_key(3)))
+    e = Entry(der=der(cert), key=PemKey(key_pem(rsa_key(3))))
     header = (f"msicert-entry: 1\nidentity: {client.identity.alias}\nclient_id: {e.client_id}\n"
               f"tenant_id: {e.tenant_id}\nmtls_endpoint: {e.mtls_endpoint}\n"
               f"identity_type: UserAssigned\n").encode()
     from cryptography.hazmat.primitives.serialization import Encoding
     store.ensure_directory()
     with open(store.path_for(client.identity), "wb") as f:
-        f.write(header + e.key_pem + cert.public_bytes(Encoding.PEM))
+        f.write(header + pem_of(e) + cert.public_bytes(Encoding.PEM))
     got = client.get_certificate()
     assert got.source == "imds" and emu.count("issuecredential") == 1
     assert got.certificate.issuer.rfc4514_string() == \

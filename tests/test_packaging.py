@@ -65,8 +65,9 @@ for argv in (["--help"], ["cert", "--help"], ["status", "--help"], ["token", "--
             codes.append(_cli.main(argv))
         except SystemExit as exc:
             codes.append(exc.code)
-for name in ("msicert._client", "msicert._demo", "msicert._tokens", "msicert._token",
-             "msicert._tls", "msicert._store", "msicert.emulator"):
+for name in ("msicert._client", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+             "msicert.backends.posix._ssl_transport", "msicert.backends.contract",
+             "msicert.emulator"):
     importlib.import_module(name)
 after_cli = native_modules()
 
@@ -254,8 +255,9 @@ def test_hook_dirs_and_hiddenimports() -> None:
     hook_msicert = runpy.run_path(str(Path(hook_dir) / "hook-msicert.py"))
     hook_native = runpy.run_path(str(Path(hook_dir) / "hook-msicert_native.py"))
     hidden = set(hook_msicert["hiddenimports"])
-    for name in ("msicert._cli", "msicert._demo", "msicert._tokens", "msicert._token",
-                 "msicert._tls", "msicert.emulator", "msicert.emulator._server", "urllib3",
+    for name in ("msicert._cli", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+                 "msicert.backends.posix._ssl_transport", "msicert.emulator",
+                 "msicert.emulator._server", "urllib3",
                  "msicert_native"):
         assert name in hidden, name
     assert not any(n.startswith("msicert._pyinstaller") or n.endswith("__main__") for n in hidden)
@@ -263,6 +265,53 @@ def test_hook_dirs_and_hiddenimports() -> None:
     assert {"_cffi_backend", "msicert_native._ffi", "msicert_native._spec",
             "msicert_native._cffi_impl", "msicert_native._ctypes_impl"} <= native
     assert "pycparser" in hook_native["excludedimports"]
+
+
+def _modules_on_disk(package: str) -> set[str]:
+    """Every module and package below ``package``, found by walking the work tree's files."""
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found.add(".".join(parts))
+    return found
+
+
+def test_hook_names_only_real_modules_and_every_module_on_disk() -> None:
+    """The hook's explicit list follows the moves: each name is a module that exists, and the
+    frozen app carries every module of the tree (the layout's packages included)."""
+    import importlib.util
+    import runpy
+
+    from msicert._pyinstaller import get_hook_dirs
+
+    (hook_dir,) = get_hook_dirs()
+    hook = runpy.run_path(str(Path(hook_dir) / "hook-msicert.py"))
+    for name in hook["_LAZY"]:
+        if name.startswith("msicert"):
+            assert (ROOT / (name.replace(".", "/") + ".py")).is_file() or (
+                ROOT / name.replace(".", "/") / "__init__.py").is_file(), name
+            assert importlib.util.find_spec(name) is not None, name
+    expected = {n for n in _modules_on_disk("msicert")
+                if not n.startswith("msicert._pyinstaller") and not n.endswith("__main__")}
+    assert {"msicert.wire", "msicert.backends.contract", "msicert.backends.posix",
+            "msicert.backends.windows._cert_store"} <= expected
+    missing = expected - set(hook["hiddenimports"])
+    assert not missing, sorted(missing)
+
+
+def test_setuptools_packages_are_every_package_of_the_tree() -> None:
+    """pyproject's explicit ``packages`` list names every directory with an ``__init__.py``:
+    a package left out is silently missing from the wheel."""
+    text = (ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^\[tool\.setuptools\]\npackages = \[(.*?)\]", text, re.M | re.S)
+    assert block is not None
+    listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
+    on_disk = {".".join(p.relative_to(ROOT).parent.parts)
+               for top in ("msicert", "msicert_native")
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert listed == on_disk
 
 
 def test_no_pycparser_and_no_native_import_in_tree() -> None:
@@ -415,8 +464,9 @@ def test_frozen_bundle_contents(frozen: Frozen) -> None:
     proc = _run([viewer, "--recursive", "--brief", frozen.exe], cwd=frozen.exe.parent,
                 timeout=120)
     entries = {line.strip() for line in proc.stdout.splitlines()}
-    for name in ("msicert._cli", "msicert._demo", "msicert._tokens", "msicert._token",
-                 "msicert._tls", "msicert.emulator", "msicert.emulator._server", "urllib3",
+    for name in ("msicert._cli", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+                 "msicert.backends.posix._ssl_transport", "msicert.emulator",
+                 "msicert.emulator._server", "urllib3",
                  "msicert_native", "msicert_native._ffi", "msicert_native._cffi_impl",
                  "msicert_native._ctypes_impl", "msicert_native._spec", "msicert_native._win32"):
         assert name in entries, name

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from msicert import ImdsError
-from msicert._store_file import FileStore
+from msicert import ImdsError, Timeouts
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 
 
@@ -239,7 +239,8 @@ time.sleep(120)
 
 def test_lock_held_by_another_process_longer_than_the_lock_wait_warns_once_and_backs_off(
         make_client, emu, clock, store_dir, caplog):
-    c, old = _due_for_renewal(make_client, emu, clock, deadline=5.0)
+    c, old = _due_for_renewal(make_client, emu, clock,
+                              imds_timeouts=Timeouts(connect=2.0, read=10.0, total=5.0))
     assert c.lock_wait == 35.0  # deadline + MINT_OVERHEAD: the longest a holder can take
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
                                os.path.join(store_dir, "msal_mtls.lock")],
@@ -292,7 +293,7 @@ def test_fake_key_generator_failure_during_renewal_keeps_the_valid_certificate(
     # Key generation is the injection boundary: a NativeError from CNG, or anything else a
     # provider raises, must not reach a caller that holds a usable certificate.
     import msicert_native
-    from msicert._keys import SoftwareKey
+    from msicert.backends.posix._software_key import SoftwareKey
 
     c, old = _due_for_renewal(make_client, emu, clock)
     real = SoftwareKey.generate
@@ -318,7 +319,7 @@ def test_fake_key_generator_failure_during_renewal_keeps_the_valid_certificate(
 
 def test_keyboard_interrupt_during_renewal_still_propagates(make_client, emu, clock,
                                                             monkeypatch, caplog):
-    from msicert._keys import SoftwareKey
+    from msicert.backends.posix._software_key import SoftwareKey
 
     c, old = _due_for_renewal(make_client, emu, clock)
 

@@ -21,8 +21,8 @@ import pytest
 
 from msicert import Identity, ImdsError, MsiCertError, TokenError
 from msicert._client import _Minted
-from msicert._imds import ImdsClient, RetryPolicy
 from msicert.emulator import Fault
+from msicert.wire._imds import ImdsClient, RetryPolicy
 from tests.conftest import run_cli
 
 RESOURCE = "https://vault.azure.net"
@@ -96,9 +96,9 @@ def collector():
 
 def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, store_dir,
                                                          collector, monkeypatch):
-    import msicert._attestation as attestation_module
+    from msicert.backends.posix._software_key import SoftwareKey
 
-    monkeypatch.setattr(attestation_module, "attestation_token", lambda key, meta, ident:
+    monkeypatch.setattr(SoftwareKey, "attestation_token", lambda key, meta:
                         ATTESTATION_TOKEN)  # as on a KeyGuard VM: every mint is attested
     texts: list[str] = []
     keys: list[bytes] = []
@@ -187,7 +187,7 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, stor
 
 
 def test_an_imds_error_never_echoes_the_attestation_token_even_in_part():
-    from msicert._imds import parse_issued_credential
+    from msicert.wire._imds import parse_issued_credential
 
     for cut in (0, 150, 190, 199, 230):  # where the echo starts relative to the 200-char excerpt
         body = b"x" * cut + ATTESTATION_TOKEN.encode() + b" trailing"
@@ -208,9 +208,11 @@ def test_token_and_certificate_values_do_not_show_secrets_in_repr(make_client, e
 
 
 def test_the_mint_record_does_not_show_the_private_key_in_its_repr():
-    minted = _Minted(**{f.name: "" for f in dataclasses.fields(_Minted)
-                        if f.name != "key_pem"},
-                     key_pem=b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    from msicert.backends.posix._software_key import SoftwareKey
+
+    minted = _Minted(**{f.name: "" for f in dataclasses.fields(_Minted) if f.name != "key"},
+                     key=SoftwareKey.generate())
+    assert b"PRIVATE KEY" in minted.key.key_pem.reveal()
     assert "PRIVATE KEY" not in repr(minted)
     with pytest.raises(TokenError):  # (keeps the import honest for the strict xfail)
         raise TokenError("x")

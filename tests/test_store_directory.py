@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from msicert import Identity, StoreError
-from msicert._store_file import FileStore
+from msicert.backends.posix._file_store import FileStore
 from tests.certgen import ISSUER_CN
 from tests.store_contract import entry
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from msicert import Identity, StoreError, _store_file
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore, default_directory
+from msicert import Identity, StoreError
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix import _file_store
+from msicert.backends.posix._file_store import FileStore, default_directory
 from tests.certgen import ISSUER_CN, key_pem, rsa_key
 from tests.store_contract import UAMI, StoreContract, entry
 
@@ -174,7 +175,7 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("reason", sorted(CORRUPTIONS))
 def test_corrupt_entries_are_reported_as_corrupt_with_the_reason(store, reason):
     _write_entry(store, CORRUPTIONS[reason](_good_bytes(store)))
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     with pytest.raises(CorruptEntry) as info:
         store.find(Identity(), issuer_cn=ISSUER_CN)
     assert reason.split()[0] in str(info.value) or reason in info.value.reason
@@ -193,14 +194,14 @@ def test_symlinked_entry_is_corrupt_not_followed(store, tmp_path):
 
 def test_hot_path_checks_the_key_once_per_process_and_never_validates_rsa(store, monkeypatch):
     calls = []
-    real = _store_file.serialization.load_pem_private_key
+    real = _file_store.serialization.load_pem_private_key
 
     def spy(data, password, **kw):
         calls.append(kw)
         return real(data, password, **kw)
 
-    monkeypatch.setattr(_store_file.serialization, "load_pem_private_key", spy)
-    _store_file._verified.clear()
+    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key", spy)
+    _file_store._verified.clear()
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     for _ in range(5):
         FileStore(store.directory).find(Identity(), issuer_cn=ISSUER_CN)

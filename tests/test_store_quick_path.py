@@ -24,12 +24,14 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from msicert import Identity, _der, _policy, _store_file
+from msicert import Identity, _policy
 from msicert._policy import issuer_fragment_in, name_values, vetted_names_mismatch
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix import _file_store
+from msicert.backends.posix._file_store import FileStore
+from msicert.wire import _der
 from tests.certgen import CLIENT, ISSUER_CN, TENANT, der, key_pem, rsa_key
-from tests.store_contract import UAMI, Entry, entry
+from tests.store_contract import UAMI, Entry, PemKey, entry
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning"  # cryptography warns about odd names it still loads (a long CN)
@@ -230,7 +232,7 @@ def make_named_cert(*, subject: x509.Name, issuer: x509.Name | None = None, key=
 
 def _outcome(store: FileStore, data: bytes, identity: Identity, issuer_cn: str, *,
              thorough: bool) -> tuple[object, ...]:
-    _store_file._verified.clear()
+    _file_store._verified.clear()
     try:
         got = store._parse(data, identity, issuer_cn, "entry.pem", digest=None,
                            thorough=thorough)
@@ -258,7 +260,7 @@ def _stored_bytes(tmp_path: Path, cert: x509.Certificate | None = None, key=None
     if cert is None:
         e = entry()
     else:
-        e = Entry(der=der(cert), key_pem=key_pem(key or rsa_key(0)), client_id=client_id)
+        e = Entry(der=der(cert), key=PemKey(key_pem(key or rsa_key(0))), client_id=client_id)
     store.put(Identity(), e, issuer_cn=ISSUER_CN)
     data = Path(store.path_for(Identity())).read_bytes()
     os.unlink(store.path_for(Identity()))
@@ -422,26 +424,26 @@ def test_a_first_lookup_loads_no_key_object_and_builds_no_name_strings(store, mo
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     calls: list[str] = []
     real_key, real_cert = serialization.load_pem_private_key, _policy.load_certificate
-    monkeypatch.setattr(_store_file.serialization, "load_pem_private_key",
+    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key",
                         lambda *a, **k: calls.append("key") or real_key(*a, **k))
     monkeypatch.setattr(_policy, "load_certificate",
                         lambda der: calls.append("cert") or real_cert(der))
     monkeypatch.setattr(x509.Name, "rfc4514_string",
                         lambda self, *a: calls.append("rfc4514") or "")
     for _ in range(3):
-        _store_file._verified.clear()
-        _store_file._parsed.clear()
+        _file_store._verified.clear()
+        _file_store._parsed.clear()
         got = FileStore(store.directory).find(Identity(), issuer_cn=ISSUER_CN)
         assert got is not None and got.source == "store"
     assert calls == []
-    assert len(_store_file._verified) == 1
+    assert len(_file_store._verified) == 1
 
 
 def test_an_older_entry_without_recorded_names_takes_the_thorough_path(store, good, monkeypatch):
     old = MANGLED["names: no recorded names (an older file)"](good)
     calls: list[bool] = []
     real = serialization.load_pem_private_key
-    monkeypatch.setattr(_store_file.serialization, "load_pem_private_key",
+    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key",
                         lambda *a, **k: calls.append(k["unsafe_skip_rsa_key_validation"])
                         or real(*a, **k))
     assert _outcome(store, old, Identity(), ISSUER_CN, thorough=False)[0] == "ok"
@@ -449,18 +451,18 @@ def test_an_older_entry_without_recorded_names_takes_the_thorough_path(store, go
 
 
 def test_the_memos_hold_digests_and_names_never_key_bytes(store, good):
-    _store_file._verified.clear()
-    _store_file._parsed.clear()
+    _file_store._verified.clear()
+    _file_store._parsed.clear()
     Path(store.directory).mkdir(mode=0o700, parents=True)
     fd = os.open(store.path_for(Identity()), os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, good)
     os.close(fd)
     assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
-    (marker,) = _store_file._verified
+    (marker,) = _file_store._verified
     assert len(marker[0]) == 32 and marker[1:] == ("system", ISSUER_CN)
     key_der = _key_der(good)
     memo_bytes = [m for m in marker if isinstance(m, bytes)]
-    memo_bytes += [k[0] for k in _store_file._parsed]
+    memo_bytes += [k[0] for k in _file_store._parsed]
     memo_bytes += list(_policy._good_oids)
     for chunk in memo_bytes:
         for i in range(0, len(key_der) - 16, 16):
@@ -507,7 +509,7 @@ def test_an_unexpected_failure_in_the_key_reader_leaves_no_key_bytes_in_its_fram
     start = good.index(b"-----BEGIN PRIVATE KEY-----")
     stop = good.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----")
     with pytest.raises(RuntimeError) as info:
-        _store_file._rsa_public_numbers(Secret(good[start:stop]))
+        _file_store._rsa_public_numbers(Secret(good[start:stop]))
     frames = []
     tb = info.value.__traceback__
     while tb is not None:

@@ -24,10 +24,10 @@ from collections import Counter
 
 import pytest
 
-from msicert import Identity, ManagedIdentityClient, MsiCertError
+from msicert import Identity, ManagedIdentityClient, MsiCertError, Timeouts
 from msicert._policy import DEFAULT_ISSUER_CN, State, identity_mismatch, skew
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from tests.conftest import ROOT, cli_env
 
@@ -122,7 +122,7 @@ def test_fault_storm_sequential_calls_and_concurrent_processes(emu, store_dir):
             emu.inject(endpoint, fault)
 
     client = ManagedIdentityClient(store_dir=store_dir, imds_endpoint=emu.imds_url,
-                                   connect_timeout=0.5, read_timeout=READ_TIMEOUT,
+                                   imds_timeouts=Timeouts(connect=0.5, read=READ_TIMEOUT),
                                    lock_timeout=30.0)
     attempts = Counter()
     real_mint = client._mint_locked

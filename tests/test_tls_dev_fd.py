@@ -111,7 +111,7 @@ int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags) {
 CHILD = textwrap.dedent("""
     import os, ssl, sys
     from msicert import ManagedIdentityClient
-    from msicert._tls import build_context
+    from msicert.backends.posix._ssl_transport import build_context
 
     mode = os.environ.get("MSICERT_DEVFD_MODE", "linux")
     client = ManagedIdentityClient(store_dir=sys.argv[1], imds_endpoint=sys.argv[2])

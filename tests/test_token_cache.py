@@ -14,8 +14,9 @@ from urllib.parse import parse_qs
 
 import pytest
 
-import msicert._tokens as tokens_module
-from msicert._tokens import TokenManager
+import msicert._token_cache as tokens_module
+import msicert.backends.posix._ssl_transport as ssl_transport
+from msicert._token_cache import TokenManager
 
 RESOURCES = [f"https://r{i}.example" for i in range(4)]
 
@@ -34,7 +35,7 @@ def test_sixteen_threads_on_a_cold_client_make_one_manager_and_one_ests_call_per
         created.append(self)
         real_init(self, *args, **kwargs)
 
-    class SlowTlsCache(tokens_module.TlsCache):
+    class SlowTlsCache(ssl_transport.TlsCache):
         """Construction that takes a while (as building TLS state can): widens the window in
         which an unguarded _tokens() lets a second thread build a second manager."""
 
@@ -43,7 +44,7 @@ def test_sixteen_threads_on_a_cold_client_make_one_manager_and_one_ests_call_per
             super().__init__(**kwargs)
 
     monkeypatch.setattr(TokenManager, "__init__", counting_init)
-    monkeypatch.setattr(tokens_module, "TlsCache", SlowTlsCache)
+    monkeypatch.setattr(ssl_transport, "TlsCache", SlowTlsCache)  # what store.transport() makes
     c = make_client()  # cold: no certificate, no manager
     barrier = threading.Barrier(16)
     results: dict[int, str] = {}
@@ -119,7 +120,7 @@ def test_rotation_while_threads_insert_does_not_break_iteration(make_client, emu
 
 def test_the_token_cache_is_bounded_oldest_out(make_client, emu):
     c = make_client()
-    c._token_manager = manager = TokenManager(c, clock=time.time, max_cached=4)
+    c._token_manager = manager = TokenManager(c, c.store.transport(), clock=time.time, max_cached=4)
     names = [f"https://b{i}.example" for i in range(10)]
     for name in names:
         c.acquire_token(name)
@@ -134,7 +135,8 @@ def test_the_token_cache_is_bounded_oldest_out(make_client, emu):
 def test_the_bound_drops_unservable_tokens_before_older_live_ones(make_client, emu):
     now = [time.time()]
     c = make_client(clock=lambda: now[0])
-    c._token_manager = manager = TokenManager(c, clock=lambda: now[0], max_cached=2)
+    c._token_manager = manager = TokenManager(c, c.store.transport(), clock=lambda: now[0],
+                                              max_cached=2)
     c.acquire_token("https://old-but-live.example")  # 3600 s token
     emu.token_lifetime = 400.0  # served until 100 s from now (300 s margin)
     c.acquire_token("https://new-but-short.example")
@@ -156,7 +158,7 @@ def test_the_default_bound_is_documented_and_applied(make_client):
 def test_a_full_cache_never_evicts_a_key_being_fetched(make_client, emu, threads):
     c = make_client()
     c.get_certificate()
-    c._token_manager = manager = TokenManager(c, clock=time.time, max_cached=2)
+    c._token_manager = manager = TokenManager(c, c.store.transport(), clock=time.time, max_cached=2)
     from msicert.emulator import Fault
 
     emu.inject("token", Fault(delay=0.2, times=None))

@@ -14,8 +14,8 @@ import pytest
 
 from msicert import AccessToken
 from msicert._secret import Secret
-from msicert._token import TokenResponse, parse_token_response
 from msicert.emulator import Fault
+from msicert.wire._ests import TokenResponse, parse_token_response
 
 RESOURCE = "https://vault.azure.net"
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from msicert import TokenError
-from msicert._tls import build_context
+from msicert.backends.posix._ssl_transport import build_context
 from msicert.emulator import Fault, decode_token_payload
 from tests.conftest import cli_json
 

@@ -20,15 +20,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from msicert import Identity, _store_file
-from msicert._keys import SoftwareKey
+from msicert import Identity
 from msicert._secret import Secret
-from msicert._store import CorruptEntry
-from msicert._store_file import FileStore
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.posix import _file_store
+from msicert.backends.posix._file_store import FileStore
+from msicert.backends.posix._software_key import SoftwareKey
 from tests.certgen import ISSUER_CN, key_pem, rsa_key
 from tests.store_contract import entry
 
-CRASH_POINTS = ("temp-half-written", "temp-synced", "renamed")  # _store_file._crash_point
+CRASH_POINTS = ("temp-half-written", "temp-synced", "renamed")  # _file_store._crash_point
 
 
 class InjectedCrash(Exception):
@@ -150,7 +151,7 @@ def test_failure_at_each_write_step_of_a_mint_leaves_no_key_in_traceback_locals(
             raise InjectedCrash(at)
 
     monkeypatch.setattr(SoftwareKey, "generate", staticmethod(generate))
-    monkeypatch.setattr(_store_file, "_crash_point", crash)
+    monkeypatch.setattr(_file_store, "_crash_point", crash)
     c = make_client()
     with pytest.raises(InjectedCrash) as info:
         c.get_certificate()
@@ -167,8 +168,8 @@ def _plant(store: FileStore, mangle) -> None:
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     path = store.path_for(Identity())
     Path(path).write_bytes(mangle(Path(path).read_bytes()))
-    _store_file._verified.clear()
-    _store_file._parsed.clear()
+    _file_store._verified.clear()
+    _file_store._parsed.clear()
 
 
 def _other_key(data: bytes) -> bytes:
@@ -210,6 +211,6 @@ def test_software_key_pem_and_mint_record_are_secrets():
     key = SoftwareKey.generate()
     assert isinstance(key.key_pem, Secret) and b"PRIVATE KEY" in key.key_pem.reveal()
     assert "PRIVATE KEY" not in repr(key) + repr(vars(key)) + str(key.key_pem)
-    minted = _Minted(der=b"", key_pem=key.key_pem, client_id="", tenant_id="",
-                     mtls_endpoint="", identity_type="", key_name="", key_kind="file")
+    minted = _Minted(der=b"", key=key, client_id="", tenant_id="", mtls_endpoint="",
+                     identity_type="")
     assert "PRIVATE KEY" not in repr(vars(minted))

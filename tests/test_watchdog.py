@@ -1,4 +1,4 @@
-"""msicert._watchdog: a socket (or a connection holding one) is shut down at its deadline."""
+"""msicert.wire._watchdog: a socket (or a connection holding one) is shut down at its deadline."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from msicert import _watchdog
+from msicert.wire import _watchdog
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

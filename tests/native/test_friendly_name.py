@@ -21,8 +21,8 @@ sys.path.insert(0, str(REPO_ROOT))  # for tests.certgen
 from cryptography import x509
 
 from msicert import Identity
-from msicert._store import CorruptEntry
-from msicert._store_windows import (
+from msicert.backends.contract import CorruptEntry
+from msicert.backends.windows._cert_store import (
     REFERENCE_SYSTEM_ALIAS,
     _metadata,
     format_tag,

@@ -1,8 +1,8 @@
 """One CSR contract for every key: a software key and the NCrypt signer give the same bytes.
 
 The CSR is built once with a key that ``cryptography`` holds and once through the production
-Windows path (``msicert._keys_windows.generate_key``: KeyGuard when VBS is there, else a
-non-exportable software-KSP key, signing through NCryptSignHash). Outside the
+Windows path (``msicert.backends.windows._ncrypt_key.generate_key``: KeyGuard when VBS is
+there, else a non-exportable software-KSP key, signing through NCryptSignHash). Outside the
 SubjectPublicKeyInfo and the signature the two requests are byte-identical, and their
 signatureAlgorithm is the reference's (MSAL Go ``csr_test.go`` TestCSRMatchesDotNetEncoding).
 """
@@ -60,7 +60,7 @@ def _parts(csr: bytes) -> dict[str, bytes]:
 @pytest.fixture
 def ncrypt_key() -> Iterator[Any]:
     from msicert._identity import Identity
-    from msicert._keys_windows import generate_key
+    from msicert.backends.windows._ncrypt_key import generate_key
 
     key = generate_key(Identity())
     try:
@@ -73,7 +73,7 @@ def ncrypt_key() -> Iterator[Any]:
 
 
 def _build(spki: bytes, sign: Any) -> bytes:
-    from msicert._csr import build_csr
+    from msicert.wire._csr import build_csr
 
     return build_csr(spki_der=spki, sign=sign, client_id=CLIENT_ID, tenant_id=TENANT_ID,
                      cuid=CUID)

@@ -50,37 +50,18 @@ def _identities() -> list[Any]:
     return [Identity(), UAMI, Identity.from_selectors(object_id=UAMI.value)]
 
 
-class _KeyedStore:
-    """WindowsStore whose puts get a real CNG key (the store links the certificate to it)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-        self.description = store.description
-
-    def put(self, identity: Any, entry: Any, *, issuer_cn: str) -> Any:
-        import msicert_native as native
-
-        name = f"msicert-contract-{uuid.uuid4().hex[:12]}"
-        with native.open_provider() as provider:
-            native.create_rsa_key(provider, name, keyguard=False).close()
-        entry.key_name, entry.key_kind = name, "software-ksp"
-        return self._store.put(identity, entry, issuer_cn=issuer_cn)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
 class TestWindowsStoreContract(StoreContract):
-    """The same contract the file store meets, on CurrentUser\\My through msicert_native."""
+    """The same contract the file store meets, on CurrentUser\\My through msicert_native:
+    the store itself, no wrapper (its own generate_key makes the CNG key each entry carries)."""
 
     @pytest.fixture
     def store(self) -> Iterator[Any]:
-        from msicert._store_windows import WindowsStore
+        from msicert.backends.windows._cert_store import WindowsStore
 
         ws = WindowsStore("current-user")
         for identity in _identities():
             ws.purge(identity)
-        yield _KeyedStore(ws)
+        yield ws
         for identity in _identities():
             ws.purge(identity)
 
@@ -166,7 +147,7 @@ def test_winhttp_mtls_to_the_emulator_ests_with_a_pfx_imported_capi_key() -> Non
     from test_windows_winhttp import _import_pfx
 
     import msicert_native as native
-    from msicert._csr import build_csr, csr_to_wire
+    from msicert.wire._csr import build_csr, csr_to_wire
 
     def imds(path: str, body: bytes | None = None) -> dict[str, Any]:
         req = urllib.request.Request(
@@ -226,7 +207,7 @@ def win_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert._imds import RetryPolicy
+    from msicert.wire._imds import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     client = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
@@ -246,7 +227,7 @@ def fake_keyguard(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     """Records the attestation_token handed to the real issuecredential call."""
-    from msicert._imds import ImdsClient
+    from msicert.wire._imds import ImdsClient
 
     seen: list[str | None] = []
     real = ImdsClient.issue_credential
@@ -262,7 +243,7 @@ def sent_attestation(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
 def _system_tags() -> list[str]:
     """The alias of every system-identity entry in CurrentUser\\My."""
     import msicert_native as native
-    from msicert._store_windows import parse_tag
+    from msicert.backends.windows._cert_store import parse_tag
 
     with native.open_system_store("current-user", "My") as store:
         refs = native.enum_certificates(store)
@@ -293,7 +274,7 @@ def test_fake_keyguard_key_with_failing_dll_raises_attestation_error_with_status
     import dataclasses
 
     from msicert import AttestationError
-    from msicert._imds import ImdsClient
+    from msicert.wire._imds import ImdsClient
 
     monkeypatch.setenv("MSICERT_ATTESTATION_DLL", FAKE_DLL)
     real = ImdsClient.get_platform_metadata
@@ -334,8 +315,9 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
     """A per-boot key dies at reboot and fails its test signature (faked: Wine cannot reboot,
     and its NCryptOpenKey is a stub)."""
     import msicert_native as native
-    from msicert import ManagedIdentityClient, _store_windows
-    from msicert._imds import RetryPolicy
+    from msicert import ManagedIdentityClient
+    from msicert.backends.windows import _cert_store
+    from msicert.wire._imds import RetryPolicy
 
     old = win_client.get_certificate()
     before = _stats()["issuecredential"]
@@ -345,8 +327,8 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
         probes.append(name)
         return False
 
-    monkeypatch.setattr(_store_windows, "_probed", {})  # a new process after the reboot
-    monkeypatch.setattr(_store_windows, "key_is_alive", dead_after_reboot)
+    monkeypatch.setattr(_cert_store, "_probed", {})  # a new process after the reboot
+    monkeypatch.setattr(_cert_store, "key_is_alive", dead_after_reboot)
     fresh = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
     new = fresh.get_certificate()
     assert new.source == "imds" and new.x5t_s256 != old.x5t_s256
@@ -354,7 +336,7 @@ def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
     assert _stats()["issuecredential"] == before + 1
     assert fresh.get_certificate().x5t_s256 == new.x5t_s256
     with native.open_system_store("current-user", "My") as store:
-        left = _store_windows.WindowsStore("current-user")._entries(store, fresh.identity)
+        left = _cert_store.WindowsStore("current-user")._entries(store, fresh.identity)
         try:
             assert [hashlib.sha256(r.der).digest() for r, _ in left] == [
                 hashlib.sha256(new.der).digest()]

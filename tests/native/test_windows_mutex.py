@@ -77,7 +77,7 @@ def test_mutex_name_errors_are_native_errors() -> None:
 
 def _lock_names(location: str = "current-user") -> Any:
     from msicert import Identity
-    from msicert._store_windows import WindowsStore
+    from msicert.backends.windows._cert_store import WindowsStore
 
     return WindowsStore(location).lock(Identity(), timeout=1)
 
@@ -86,7 +86,7 @@ def test_store_mutex_is_global_and_named_after_the_user_sid_and_the_identity() -
     import re
 
     from msicert import Identity
-    from msicert._store_windows import WindowsStore
+    from msicert.backends.windows._cert_store import WindowsStore
 
     sid = _native().current_user_sid()
     assert re.fullmatch(r"S-1-\d+(-\d+)+", sid), sid
@@ -136,7 +136,7 @@ def test_waiting_for_another_process_mutex_is_one_info_line_then_acquired(
     import sys
 
     from msicert import Identity
-    from msicert._store_windows import WindowsStore
+    from msicert.backends.windows._cert_store import WindowsStore
 
     lock = WindowsStore().lock(Identity(), timeout=20)
     holder = subprocess.Popen(
@@ -169,7 +169,7 @@ def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege
     as a hardened namespace DACL or a low-integrity process gets) is injected here."""
     import logging
 
-    from msicert import _lock
+    from msicert.backends.windows import _mutex
     from msicert_native import _backend
 
     native = _native()
@@ -184,7 +184,7 @@ def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege
         return handle
 
     monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
-    monkeypatch.setattr(_lock, "_warned_fallback", set())
+    monkeypatch.setattr(_mutex, "_warned_fallback", set())
     lock = _lock_names()
     with caplog.at_level(logging.WARNING, logger="msicert"):
         for _ in range(2):

@@ -83,7 +83,7 @@ def test_sign_rejects_a_non_sha256_digest(key: Any) -> None:
 
 def test_csr_signed_by_the_cng_key(key: Any) -> None:
     """The IMDS v2 CSR built over the CNG key verifies (here, and with openssl in run.sh)."""
-    from msicert._csr import build_csr
+    from msicert.wire._csr import build_csr
 
     native = _native()
     client_id, tenant_id = str(uuid.uuid4()), str(uuid.uuid4())
@@ -181,7 +181,7 @@ def _generate_with_exportable_policy_faked(
     Returns the key that was checked and the keys msicert asked NCryptDeleteKey to delete."""
     import msicert_native
     from msicert import Identity
-    from msicert._keys_windows import generate_key
+    from msicert.backends.windows._ncrypt_key import generate_key
 
     checked: list[Any] = []
     deleted: list[Any] = []

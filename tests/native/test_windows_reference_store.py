@@ -76,7 +76,7 @@ def _reference_key() -> tuple[Any, str]:
 def _mint_with(key: Any, query: dict[str, str]) -> dict[str, Any]:
     """getplatformmetadata + issuecredential for a CSR signed through NCrypt by ``key``."""
     import msicert_native as native
-    from msicert._csr import build_csr, csr_to_wire
+    from msicert.wire._csr import build_csr, csr_to_wire
 
     meta = _imds("getplatformmetadata", query)
     csr = build_csr(
@@ -170,7 +170,7 @@ KINDS = {
 def test_certificate_persisted_by_msal_net_is_a_store_hit_with_zero_imds_calls(
         kind: str, delete_key_calls: list[str]) -> None:
     from msicert import Identity
-    from msicert._store_windows import WindowsStore
+    from msicert.backends.windows._cert_store import WindowsStore
 
     flag, configured, query, selectors = KINDS[kind]
     identity = Identity.from_selectors(**selectors)
@@ -205,7 +205,7 @@ def test_certificate_persisted_by_msal_net_is_a_store_hit_with_zero_imds_calls(
 def test_old_msicert_tag_is_still_a_store_hit_with_zero_imds_calls() -> None:
     import msicert_native as native
     from msicert import Identity
-    from msicert._store_windows import WindowsStore
+    from msicert.backends.windows._cert_store import WindowsStore
 
     WindowsStore().purge(Identity())
     name = f"msicert-system-{uuid.uuid4().hex[:12]}"  # as msicert named its keys
@@ -214,7 +214,8 @@ def test_old_msicert_tag_is_still_a_store_hit_with_zero_imds_calls() -> None:
         issued = _mint_with(key, {})
     der = issued["der"]
     endpoint = issued["mtls_authentication_endpoint"].rstrip("/")
-    # The tag msicert wrote up to this change (msicert/_store_windows.py format_tag, d9c11be).
+    # The tag msicert wrote up to this change (format_tag in msicert/_store_windows.py, now
+    # msicert/backends/windows/_cert_store.py, at d9c11be).
     _seed(der, f"MSAL|alias=system|ep={endpoint}|cid={issued['client_id']}"
                f"|tid={issued['tenant_id']}|type={issued['identity_type']}|key=software-ksp",
           name)
@@ -241,7 +242,7 @@ def client() -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert._imds import RetryPolicy
+    from msicert.wire._imds import RetryPolicy
 
     uami = "5eed0000-1111-4222-8333-444455556666"
     c = ManagedIdentityClient(client_id=uami, imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
@@ -294,7 +295,7 @@ def test_entries_of_other_identities_and_unreadable_tags_survive_mint_and_purge(
 
 def test_our_entry_from_an_unexpected_issuer_is_reported_but_deleted_only_by_purge(
         client: Any) -> None:
-    from msicert._store import CorruptEntry
+    from msicert.backends.contract import CorruptEntry
 
     uami = client.identity.value
     tenant = str(uuid.uuid4())
@@ -319,7 +320,7 @@ def test_our_entry_from_an_unexpected_issuer_is_reported_but_deleted_only_by_pur
 @pytest.fixture
 def discards(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the minted keys the client discards after a failed mint (real call runs)."""
-    from msicert._keys_windows import NCryptRsaKey
+    from msicert.backends.windows._ncrypt_key import NCryptRsaKey
 
     names: list[str] = []
     real = NCryptRsaKey.discard
@@ -337,7 +338,7 @@ def system_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert._imds import RetryPolicy
+    from msicert.wire._imds import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     c = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
@@ -350,7 +351,7 @@ def test_failure_after_the_certificate_was_added_keeps_certificate_and_key(
         system_client: Any, monkeypatch: pytest.MonkeyPatch, discards: list[str],
         caplog: pytest.LogCaptureFixture) -> None:
     import msicert_native as native
-    from msicert import _store_windows
+    from msicert.backends.windows import _cert_store
 
     phases: list[str] = []
 
@@ -359,7 +360,7 @@ def test_failure_after_the_certificate_was_added_keeps_certificate_and_key(
         if phase == "added":
             raise OSError("injected fault after the certificate was added")
 
-    monkeypatch.setattr(_store_windows, "_crash_point", fail_after_add)
+    monkeypatch.setattr(_cert_store, "_crash_point", fail_after_add)
     with caplog.at_level(logging.WARNING, logger="msicert"):
         cert = system_client.get_certificate()
     assert cert.source == "imds" and phases == ["added"]

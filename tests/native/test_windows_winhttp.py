@@ -187,27 +187,28 @@ def test_token_leg_over_winhttp_reads_at_most_the_posix_cap_of_an_endless_body(
         read_spy: list[tuple[int, int]]) -> None:
     import urllib3
 
-    from msicert import TokenError, _token
-    from msicert._tls_windows import WinHttpPool
+    from msicert import TokenError
+    from msicert.backends.windows._winhttp_transport import WinHttpPool
+    from msicert.wire import _ests
 
     with _import_pfx(Path(TLS_DIR) / "client.pfx", "msicert") as ref:
         pool = WinHttpPool(ref.duplicate(), verify_server=False)
         try:
             with pytest.raises(TokenError, match="not a JSON object"):
-                _token.request_token(
+                _ests.request_token(
                     pool, mtls_endpoint=f"https://127.0.0.1:{PORTS['bigtoken']}/big",
                     tenant_id="t", client_id=str(uuid.uuid4()), resource="https://vault",
                     claims=None, timeout=urllib3.Timeout(connect=20, read=20))
         finally:
             pool.clear()
-    # Exactly what urllib3 reads on POSIX (msicert._token: _MAX_BODY + 1), not the 1 GiB.
-    assert sum(got for _, got in read_spy) == _token._MAX_BODY + 1
-    assert sum(asked for asked, _ in read_spy) == _token._MAX_BODY + 1
+    # Exactly what urllib3 reads on POSIX (msicert.wire._ests: _MAX_BODY + 1), not the 1 GiB.
+    assert sum(got for _, got in read_spy) == _ests._MAX_BODY + 1
+    assert sum(asked for asked, _ in read_spy) == _ests._MAX_BODY + 1
 
 
 @needs_server
 def test_preloaded_response_reads_the_whole_body_and_closes_its_handles() -> None:
-    from msicert._tls_windows import WinHttpPool
+    from msicert.backends.windows._winhttp_transport import WinHttpPool
 
     with _import_pfx(Path(TLS_DIR) / "client.pfx", "msicert") as ref:
         pool = WinHttpPool(ref.duplicate(), verify_server=False)

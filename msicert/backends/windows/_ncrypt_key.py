@@ -12,11 +12,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._csr import PSS_SALT_LENGTH
-from ._identity import Identity
+from ..._identity import Identity
+from ...wire._csr import PSS_SALT_LENGTH
 
 if TYPE_CHECKING:
     from msicert_native import NCryptKey
+
+    from ...wire._imds import PlatformMetadata
 
 __all__ = ["NCryptRsaKey", "generate_key", "key_is_alive", "key_name_for", "mark_attested",
            "was_attested"]
@@ -54,6 +56,7 @@ class NCryptRsaKey:
     handle: NCryptKey = field(repr=False)
     spki_der: bytes = field(repr=False, default=b"")
     key_pem: bytes = field(repr=False, default=b"")  # never: the key is not exportable
+    alias: str = ""  # the identity it was made for, named in attestation errors
 
     def sign(self, data: bytes) -> bytes:
         """RSASSA-PSS (SHA-256, salt 32) by NCryptSignHash over SHA-256(``data``)."""
@@ -66,6 +69,18 @@ class NCryptRsaKey:
     def matches(self, spki_der: bytes) -> bool:
         """True when ``spki_der`` is this key's public half."""
         return spki_der == self.spki_der
+
+    def attestation_token(self, meta: PlatformMetadata) -> str | None:
+        """A MAA token for a KeyGuard key (AttestationClientLib.dll, when present), else None;
+        an attested key's certificate is tagged ``#att=1`` (MSAL.NET)."""
+        if self.kind != KIND_KEYGUARD:
+            return None
+        from ._attestation import attestation_token
+
+        token = attestation_token(self.handle, meta, self.alias)
+        if token is not None:
+            mark_attested(self.name)
+        return token
 
     def discard(self) -> None:
         """Delete the persisted key (a mint that failed must not leave keys behind)."""
@@ -95,7 +110,7 @@ def generate_key(identity: Identity, *, machine: bool = False) -> NCryptRsaKey:
                      exc)
         else:
             if native.is_virtual_iso(key):
-                return _finish(key, name, KIND_KEYGUARD, machine)
+                return _finish(key, name, KIND_KEYGUARD, machine, identity.alias)
             log.info("key created with KeyGuard flags is not VBS-isolated (no VBS here); "
                      "using a non-exportable software-KSP key")
             try:
@@ -103,10 +118,10 @@ def generate_key(identity: Identity, *, machine: bool = False) -> NCryptRsaKey:
             except native.NativeError:
                 key.close()
         key = native.create_rsa_key(provider, name, keyguard=False, machine=machine)
-        return _finish(key, name, KIND_SOFTWARE, machine)
+        return _finish(key, name, KIND_SOFTWARE, machine, identity.alias)
 
 
-def _finish(key: NCryptKey, name: str, kind: str, machine: bool) -> NCryptRsaKey:
+def _finish(key: NCryptKey, name: str, kind: str, machine: bool, alias: str) -> NCryptRsaKey:
     """Check the new key's export policy and read its public half; a key that fails either
     is deleted (it is persisted already: raising alone would leak it)."""
     import msicert_native as native
@@ -121,7 +136,8 @@ def _finish(key: NCryptKey, name: str, kind: str, machine: bool) -> NCryptRsaKey
         _delete_quietly(key, name)
         raise
     log.debug("created %s key %s", kind, name)
-    return NCryptRsaKey(name=name, kind=kind, machine=machine, handle=key, spki_der=spki)
+    return NCryptRsaKey(name=name, kind=kind, machine=machine, handle=key, spki_der=spki,
+                        alias=alias)
 
 
 def _delete_quietly(key: NCryptKey, name: str) -> None:

@@ -11,36 +11,31 @@ OpenSSL opens the path once for the certificate and once more for the key. One d
 would hand the key load a position at the end of the file. Where ``/dev/fd`` does not name our
 inode (Linux without /proc), the entry is loaded by path and its inode compared afterwards.
 
-:class:`Watchdog` bounds a whole request in time (see ``ests_total_timeout``).
+Its pools' connections attach their sockets to the thread's
+:class:`~msicert.wire._watchdog.Watchdog`, which bounds a whole ESTS request in time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import ssl
 import sys
 import threading
 from collections import OrderedDict
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._errors import MsiCertError
-from ._model import BindingCertificate
+from ..._model import BindingCertificate
+from ...wire._watchdog import watched_pool_class
+from ..contract import StaleCertificate
 from ._trust import add_extra_trust
 
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["StaleCertificate", "TlsCache", "Watchdog"]
+__all__ = ["StaleCertificate", "TlsCache", "build_context", "load_entry"]
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-class StaleCertificate(MsiCertError):
-    """The store no longer holds this certificate (another process rotated it)."""
 
 
 def build_context(cert: BindingCertificate) -> ssl.SSLContext:
@@ -144,7 +139,7 @@ class TlsCache:
                 ssl_context=ctx, retries=False, maxsize=self._pool_maxsize, block=False
             )
             pool.pool_classes_by_scheme = {**pool.pool_classes_by_scheme,
-                                           "https": _watched_pool_class()}
+                                           "https": watched_pool_class()}
             self._entries[cert.x5t_s256] = (ctx, pool)
             while len(self._entries) > self._max:
                 _, (_, old) = self._entries.popitem(last=False)
@@ -158,130 +153,10 @@ class TlsCache:
         if gone is not None:
             gone[1].clear()
 
-
-# --- a deadline for a whole request ----------------------------------------------------------
-
-_current = threading.local()
-
-
-class Watchdog:
-    """Bounds one request in time: at the deadline, shuts down the socket it runs on.
-
-    urllib3's read timeout bounds each wait for bytes, so a server that trickles its head or
-    body holds a caller without limit. While a Watchdog is entered on a thread, connections of
-    :class:`TlsCache` pools used by that thread attach their socket to it (a new connection
-    before its TLS handshake, a pooled one before the request); a timer shuts that socket down
-    at the deadline, which ends any blocked read. ``fired`` tells the caller why it failed.
-    ``seconds=None`` disables it.
-    """
-
-    def __init__(self, seconds: float | None) -> None:
-        import time
-
-        self._seconds = seconds
-        self._until = None if seconds is None else time.monotonic() + seconds
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._armed = seconds is not None
-        self._timer: threading.Timer | None = None
-        self.fired = False
-
-    def clip(self, timeout: urllib3.Timeout) -> urllib3.Timeout:
-        """``timeout`` with its connect and read parts no longer than the time left."""
-        if self._until is None:
-            return timeout
-        import time
-
-        import urllib3
-
-        left = max(0.001, self._until - time.monotonic())
-        connect, read = timeout.connect_timeout, timeout.read_timeout
-        return urllib3.Timeout(
-            connect=left if not isinstance(connect, (int, float)) else min(connect, left),
-            read=left if not isinstance(read, (int, float)) else min(read, left),
-        )
-
-    def attach(self, sock: socket.socket) -> None:
-        """Watch ``sock`` (the last one attached is shut down at the deadline)."""
+    def close(self) -> None:
+        """Drop every context and close every connection."""
         with self._lock:
-            if not self._armed:
-                return
-            self._sock = sock
-            if self.fired:  # the deadline passed before this socket existed
-                _shutdown(sock)
-
-    def disarm(self) -> None:
-        """No shutdown after this (the connection may go back to its pool)."""
-        with self._lock:
-            self._armed = False
-            self._sock = None
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            self.fired = True
-            if self._sock is not None:
-                _shutdown(self._sock)
-
-    def __enter__(self) -> Watchdog:
-        if self._seconds is not None:
-            self._timer = threading.Timer(self._seconds, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-            _current.watchdog = self
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.disarm()
-        if getattr(_current, "watchdog", None) is self:
-            _current.watchdog = None
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        # The plain socket's shutdown: on an SSLSocket the TLS layer is left to its reader.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _watching() -> Watchdog | None:
-    watchdog: Watchdog | None = getattr(_current, "watchdog", None)
-    return watchdog
-
-
-_WATCHED: list[Any] = []
-
-
-def _watched_pool_class() -> Any:
-    """HTTPSConnectionPool whose connections attach their socket to the thread's Watchdog."""
-    if _WATCHED:
-        return _WATCHED[0]
-    from urllib3.connection import HTTPSConnection
-    from urllib3.connectionpool import HTTPSConnectionPool
-
-    class WatchedConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            watchdog = _watching()
-            if watchdog is not None:
-                watchdog.attach(sock)  # before the handshake: a trickled handshake is bounded
-            return sock
-
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            watchdog = _watching()
-            if watchdog is not None and self.sock is not None:
-                watchdog.attach(self.sock)  # a kept-alive connection taken from the pool
-            super().request(*args, **kwargs)
-
-    class WatchedPool(HTTPSConnectionPool):
-        ConnectionCls = WatchedConnection
-
-    _WATCHED.append(WatchedPool)
-    return WatchedPool
+            gone = list(self._entries.values())
+            self._entries.clear()
+        for _, pool in gone:
+            pool.clear()

@@ -1,7 +1,8 @@
 """mTLS on Windows: WinHTTP with the store's CERT_CONTEXT (Python's ssl cannot use a CNG key).
 
-Presents the same small surface as :class:`msicert._tls.TlsCache` (``pool(cert).request``,
-``evict``), and raises urllib3's exception types so the token leg treats both platforms alike.
+Presents the same small surface as the ``ssl`` transport's
+:class:`~msicert.backends.posix._ssl_transport.TlsCache` (``pool(cert).request``, ``evict``),
+and raises urllib3's exception types so the token leg treats both platforms alike.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._model import BindingCertificate
+from ..._model import BindingCertificate
 
 if TYPE_CHECKING:
-    from msicert_native import CertRef, HttpStream
+    import ssl
 
-    from ._store_windows import WindowsStore
+    from msicert_native import CertRef, HttpStream
 
 __all__ = ["ENV_INSECURE", "WinHttpCache", "WinHttpPool"]
 
@@ -86,7 +88,7 @@ class WinHttpPool:
         method: str,
         url: str,
         body: bytes | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         timeout: Any = None,
         redirect: bool = False,
         preload_content: bool = True,
@@ -124,10 +126,16 @@ class WinHttpPool:
 
 
 class WinHttpCache:
-    """One :class:`WinHttpPool` per certificate thumbprint."""
+    """One :class:`WinHttpPool` per certificate thumbprint.
 
-    def __init__(self, store: WindowsStore) -> None:
-        self._store = store
+    ``cert_ref`` opens a thumbprint's CERT_CONTEXT in the store (``WindowsStore.cert_ref``);
+    ``description`` names that store in messages. Taking the function, not the store, keeps
+    this module free of an import of the store module (which imports this one).
+    """
+
+    def __init__(self, cert_ref: Callable[[str], CertRef], description: str) -> None:
+        self._cert_ref = cert_ref
+        self._description = description
         self._pools: dict[str, WinHttpPool] = {}
         self._lock = threading.Lock()
         self._verify = os.environ.get(ENV_INSECURE) != "1"
@@ -143,7 +151,7 @@ class WinHttpCache:
         with self._lock:
             hit = self._pools.get(cert.x5t_s256)
             if hit is None:
-                hit = WinHttpPool(self._store.cert_ref(cert.x5t_s256), verify_server=self._verify)
+                hit = WinHttpPool(self._cert_ref(cert.x5t_s256), verify_server=self._verify)
                 self._pools[cert.x5t_s256] = hit
             return hit
 
@@ -153,3 +161,17 @@ class WinHttpCache:
             gone = self._pools.pop(x5t_s256, None)
         if gone is not None:
             gone.clear()
+
+    def context(self, cert: BindingCertificate) -> ssl.SSLContext:
+        """Never: the key lives in CNG, which Python's ``ssl`` cannot use."""
+        from ..._mtls import KeyNotExportableError
+
+        raise KeyNotExportableError(cert.x5t_s256, cert.key, cert.store or self._description)
+
+    def close(self) -> None:
+        """Release every certificate context."""
+        with self._lock:
+            gone = list(self._pools.values())
+            self._pools.clear()
+        for pool in gone:
+            pool.clear()

@@ -26,16 +26,17 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 anyway
 
-from . import _policy
-from ._errors import StoreError
-from ._identity import Identity
-from ._lock import IdentityLock
-from ._model import BindingCertificate, x5t_s256
-from ._secret import Secret
-from ._store import CorruptEntry, NewEntry
+from ... import _policy
+from ..._errors import StoreError
+from ..._identity import Identity
+from ..._model import BindingCertificate, x5t_s256
+from ..._secret import Secret
+from ..contract import CorruptEntry, NewEntry
+from ._flock import IdentityLock
 
 if TYPE_CHECKING:
-    from ._keys import SoftwareKey
+    from ._software_key import SoftwareKey
+    from ._ssl_transport import TlsCache
 
 __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 
@@ -350,9 +351,15 @@ class FileStore:
 
     def generate_key(self, identity: Identity) -> SoftwareKey:
         """RSA 2048 in memory; persisted only inside the 0600 entry file."""
-        from ._keys import SoftwareKey  # only minting needs key generation
+        from ._software_key import SoftwareKey  # only minting needs key generation
 
         return SoftwareKey.generate()
+
+    def transport(self) -> TlsCache:
+        """mTLS through Python's ``ssl``, each context loaded from the entry file itself."""
+        from ._ssl_transport import TlsCache
+
+        return TlsCache()
 
     # --- read ------------------------------------------------------------------------------
     def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
@@ -586,7 +593,8 @@ class FileStore:
             raise StoreError("refusing to store an unparsable certificate") from exc
         header = MAGIC + "\n" + "".join(f"{k}: {v}\n" for k, v in values.items())
         try:
-            data = Secret(header.encode("utf-8") + _as_secret(entry.key_pem).reveal() + cert_pem)
+            key_pem = _as_secret(entry.key.key_pem)
+            data = Secret(header.encode("utf-8") + key_pem.reveal() + cert_pem)
         except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800"
             raise StoreError("refusing to store metadata that is not valid Unicode") from exc
         path = self.path_for(identity)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from ._errors import MsiCertError
+from ..._errors import MsiCertError
 
 __all__ = ["ENV_CA_BUNDLE", "add_extra_trust"]
 

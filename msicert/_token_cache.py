@@ -10,20 +10,19 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from ._errors import TokenError
 from ._model import AccessToken, BindingCertificate
-from ._tls import StaleCertificate, TlsCache
-from ._token import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
+from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
+from .backends.contract import StaleCertificate, Transport
+from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
 
 if TYPE_CHECKING:
     import urllib3
 
-    from ._client import ManagedIdentityClient
-
-__all__ = ["MAX_CACHED", "TokenManager"]
+__all__ = ["MAX_CACHED", "CertificateSource", "TokenManager"]
 
 log = logging.getLogger("msicert")
 _EXPIRY_MARGIN = 300.0
@@ -71,7 +70,7 @@ _CLIENT_CERT_ALERTS = frozenset({
     "TLSV13_ALERT_CERTIFICATE_REQUIRED",
 })
 _EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF_OCCURRED_IN_VIOLATION_OF_PROTOCOL"})
-# WinHTTP (msicert._tls_windows raises urllib3 errors caused by a NativeError with .winerror):
+# WinHTTP (the WinHTTP transport raises urllib3 errors caused by a NativeError with .winerror):
 # the client certificate was asked for or refused / the server's certificate failed our check.
 _WINHTTP_REJECTED = frozenset({12044, 12157})
 _WINHTTP_SERVER_UNVERIFIED = frozenset({12037, 12038, 12045, 12169, 12175})
@@ -135,34 +134,48 @@ def _scrub(exc: BaseException) -> None:
             traceback.clear_frames(e.__traceback__)
 
 
+class CertificateSource(Protocol):
+    """What the token leg needs of a client: the current certificate, and two ways to drop
+    it (``ManagedIdentityClient`` is one)."""
+
+    def get_certificate(self) -> BindingCertificate:
+        """A usable binding certificate (memory, store, or a new mint)."""
+
+    def forget(self) -> None:
+        """Drop the in-memory certificate; the next call reads the store again."""
+
+    def invalidate(self, x5t_s256: str) -> None:
+        """Forget the certificate and remove it from the store (the service refused it)."""
+
+
 class TokenManager:
     """The mtls_pop side of a ManagedIdentityClient (one per client).
 
+    ``source`` gives the certificate; ``transport`` (the store's) presents it over mTLS.
+
     The token cache holds at most :data:`MAX_CACHED` (256) keys, one per resource: when a new key
     would exceed it, keys whose token can no longer be served go first, then the oldest ones.
-    ``total_timeout`` bounds each ESTS request as a whole (``ests_total_timeout``).
+    ``timeouts`` (the client's ``ests_timeouts``): ``connect`` and ``read`` bound each connect
+    and each wait for bytes, ``total`` each ESTS request as a whole.
     """
 
     def __init__(
         self,
-        client: ManagedIdentityClient,
+        source: CertificateSource,
+        transport: Transport,
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        timeouts: Timeouts = DEFAULT_ESTS_TIMEOUTS,
         server_error_delay: float = 1.0,
-        total_timeout: float | None = 60.0,
         max_cached: int = MAX_CACHED,
     ) -> None:
-        self._client = client
+        self._client = source
         self._clock = clock
         self._sleep = sleep
-        self._timeouts = (connect_timeout, read_timeout)
-        self._total_timeout = total_timeout
+        self._timeouts = timeouts
         self._server_error_delay = server_error_delay
-        transport = getattr(client.store, "transport", None)  # WinHTTP on the Windows store
-        self.tls: TlsCache = transport() if transport is not None else TlsCache()
+        self.tls = transport
         self._max_cached = max_cached
         self._slots: dict[str, _Slot] = {}  # insertion order = age
         self._slots_guard = threading.Lock()
@@ -276,13 +289,13 @@ class TokenManager:
         """One token request; a 5xx or a connection closed under it is retried once."""
         import urllib3
 
-        timeout = urllib3.Timeout(connect=self._timeouts[0], read=self._timeouts[1])
+        timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
         for attempt in (1, 2):
             try:
                 return request_token(
                     self.tls.pool(cert), mtls_endpoint=cert.mtls_endpoint,
                     tenant_id=cert.tenant_id, client_id=cert.client_id, resource=resource,
-                    claims=claims, timeout=timeout, total_timeout=self._total_timeout,
+                    claims=claims, timeout=timeout, total_timeout=self._timeouts.total,
                 )
             except EstsTimeout:
                 raise
@@ -371,10 +384,11 @@ class TokenManager:
             token = self.acquire(resource)
             cert = self._client.get_certificate()
         try:
-            return self.tls.pool(cert).request(
+            resp: urllib3.BaseHTTPResponse = self.tls.pool(cert).request(
                 method, url, body=body, headers=_with_authorization(headers, token),
                 timeout=timeout, redirect=False,
             )
+            return resp
         except BaseException as exc:
             _scrub(exc)  # the frames below held the Authorization header
             raise

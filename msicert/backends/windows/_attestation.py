@@ -10,21 +10,23 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from ._errors import AttestationError
-from ._identity import Identity
+from ..._errors import AttestationError
 
 if TYPE_CHECKING:
-    from ._imds import PlatformMetadata
-    from ._store import KeyMaterial
+    from msicert_native import NCryptKey
+
+    from ...wire._imds import PlatformMetadata
 
 __all__ = ["attestation_token"]
 
 log = logging.getLogger("msicert")
 
 
-def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identity) -> str | None:
-    """A MAA token for a KeyGuard ``key``, or None for the non-attested flow."""
-    if key.kind != "keyguard" or sys.platform != "win32":
+def attestation_token(handle: NCryptKey, meta: PlatformMetadata, alias: str) -> str | None:
+    """A MAA token for the KeyGuard key ``handle``, or None for the non-attested flow
+    (``alias`` names the identity in errors). Called by the key itself
+    (:meth:`~msicert.backends.windows._ncrypt_key.NCryptRsaKey.attestation_token`)."""
+    if sys.platform != "win32":
         return None
     import msicert_native as native
 
@@ -36,16 +38,13 @@ def attestation_token(key: KeyMaterial, meta: PlatformMetadata, identity: Identi
     try:
         token = native.attest_keyguard_key(
             dll, endpoint=meta.attestation_endpoint, client_id=meta.client_id,
-            key=getattr(key, "handle"),  # noqa: B009 - NCryptRsaKey only (kind keyguard)
+            key=handle,
         )
     except native.AttestationFailed as exc:
         status = exc.status
         if status is not None and status >= 1 << 31:
             status -= 1 << 32  # the DLL returns a signed int
         raise AttestationError(
-            f"AttestKeyGuardImportKey failed for {identity.alias}", status=status
+            f"AttestKeyGuardImportKey failed for {alias}", status=status
         ) from exc
-    from ._keys_windows import mark_attested
-
-    mark_attested(getattr(key, "name", ""))  # its certificate is tagged #att=1 (MSAL.NET)
     return token

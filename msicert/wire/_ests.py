@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ._errors import TokenError
-from ._secret import Secret
+from .._errors import TokenError
+from .._secret import Secret
 
 if TYPE_CHECKING:
     import urllib3
+
+    from ..backends.contract import Pool
 
 __all__ = [
     "CLIENT_SKU",
@@ -42,7 +44,7 @@ class TokenResponse:
 
 
 class EstsTimeout(TokenError):
-    """The ESTS request did not complete within ``ests_total_timeout``."""
+    """The ESTS request did not complete within ``ests_timeouts.total``."""
 
 
 class EstsRejected(TokenError):
@@ -133,7 +135,7 @@ def client_headers(cid: str) -> dict[str, str]:
     ``return-client-request-id: true``, ``x-client-SKU``/``-Ver``/``-OS``); the OS value is
     ``sys.platform``, as MSAL Python sends it.
     """
-    from . import __version__
+    from .._version import __version__
 
     return {
         "client-request-id": cid,
@@ -145,7 +147,7 @@ def client_headers(cid: str) -> dict[str, str]:
 
 
 def request_token(
-    pool: urllib3.PoolManager,
+    pool: Pool,
     *,
     mtls_endpoint: str,
     tenant_id: str,
@@ -163,7 +165,7 @@ def request_token(
     """
     import urllib3
 
-    from ._tls import Watchdog
+    from ._watchdog import Watchdog
 
     url = token_url(mtls_endpoint, tenant_id)
     if urlsplit(url).scheme.lower() != "https":
@@ -211,6 +213,6 @@ def request_token(
 
 def _timed_out(total_timeout: float | None, cid: str) -> EstsTimeout:
     return EstsTimeout(
-        f"ESTS did not answer within ests_total_timeout ({total_timeout:g} s)",
+        f"ESTS did not answer within ests_timeouts.total ({total_timeout:g} s)",
         correlation_id=cid,
     )

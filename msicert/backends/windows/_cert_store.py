@@ -42,18 +42,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from . import _policy
-from ._errors import StoreError
-from ._identity import Identity
-from ._keys_windows import NCryptRsaKey, generate_key, key_is_alive, was_attested
-from ._lock import MutexLock
-from ._model import BindingCertificate, x5t_s256
-from ._store import CorruptEntry, NewEntry
+from ... import _policy
+from ..._errors import StoreError
+from ..._identity import Identity
+from ..._model import BindingCertificate, x5t_s256
+from ..contract import CorruptEntry, NewEntry
+from ._mutex import MutexLock
+from ._ncrypt_key import NCryptRsaKey, generate_key, key_is_alive, was_attested
 
 if TYPE_CHECKING:
     from msicert_native import CertRef, CertStore, KeyProvInfo
 
-    from ._tls_windows import WinHttpCache
+    from ._winhttp_transport import WinHttpCache
 
 __all__ = ["WindowsStore", "format_tag", "parse_tag", "reference_alias"]
 
@@ -222,6 +222,7 @@ class WindowsStore:
         self.location = location
         self.machine = location == "local-machine"
         self.description = _LOCATIONS[location]
+        self.directory: str | None = None  # not a directory: ``status --all`` lists files only
         self._issuers: dict[str, str] = {}  # identity alias -> issuer CN last asked for
 
     # --- helpers -------------------------------------------------------------------------------
@@ -368,10 +369,10 @@ class WindowsStore:
         import msicert_native as native
 
         issuer_cn = self._issuer(identity, issuer_cn)
-        key_name = getattr(entry, "key_name", "")
-        kind = getattr(entry, "key_kind", "software-ksp")
+        key_name, kind = entry.key.name, entry.key.kind
         if not key_name:
-            raise StoreError("the Windows store needs a CNG key name for the certificate")
+            raise StoreError(f"the Windows store needs a CNG key for the certificate, not a "
+                             f"{kind} key")
         tag = format_tag(identity, entry, kind, attested=was_attested(key_name))
         try:
             cert = x509.load_der_x509_certificate(entry.der)
@@ -488,9 +489,9 @@ class WindowsStore:
 
     def transport(self) -> WinHttpCache:
         """mTLS through WinHTTP with this store's certificate contexts."""
-        from ._tls_windows import WinHttpCache
+        from ._winhttp_transport import WinHttpCache
 
-        return WinHttpCache(self)
+        return WinHttpCache(self.cert_ref, self.description)
 
     def cert_ref(self, x5t: str) -> CertRef:
         """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP); StoreError if gone."""

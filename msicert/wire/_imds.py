@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from ._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
-from ._identity import Identity, is_guid
-from ._policy import load_certificate
+from .._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
+from .._identity import Identity, is_guid
+from .._policy import load_certificate
 
 if TYPE_CHECKING:
     import urllib3
@@ -339,6 +339,12 @@ class ImdsClient:
         self.retry = retry or RetryPolicy.from_env()
         self._sleep = sleep
         self._pool: urllib3.PoolManager | None = None
+
+    def close(self) -> None:
+        """Close the pooled connections (a later call opens new ones)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.clear()
 
     def _http(self) -> urllib3.PoolManager:
         if self._pool is None:

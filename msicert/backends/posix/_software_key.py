@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ._csr import PSS_SALT_LENGTH
-from ._secret import Secret
+from ..._secret import Secret
+from ...wire._csr import PSS_SALT_LENGTH
+
+if TYPE_CHECKING:
+    from ...wire._imds import PlatformMetadata
 
 __all__ = ["SoftwareKey"]
 
@@ -27,6 +31,11 @@ class SoftwareKey:
     def generate(cls) -> SoftwareKey:
         """RSA 2048, public exponent 65537."""
         return cls(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    @property
+    def name(self) -> str:
+        """No container: the key lives only inside the entry file."""
+        return ""
 
     @property
     def spki_der(self) -> bytes:
@@ -52,6 +61,10 @@ class SoftwareKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ))
+
+    def attestation_token(self, meta: PlatformMetadata) -> str | None:
+        """None: a software key has no isolation to attest (the non-attested flow)."""
+        return None
 
     def discard(self) -> None:
         """Nothing persisted outside the store file: nothing to delete."""

@@ -1,0 +1,149 @@
+"""Options grouped as urllib3 groups them: one ``Timeouts`` per network leg, the old keywords
+still accepted (with a DeprecationWarning), one way to choose a store."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import warnings
+
+import pytest
+
+from msicert import ManagedIdentityClient, Timeouts
+from msicert._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS
+from msicert.backends.posix._file_store import FileStore
+
+
+def test_the_defaults_are_the_documented_ones(store_dir, monkeypatch):
+    monkeypatch.delenv("MSICERT_IMDS_RETRY_SCALE", raising=False)  # the suite shortens waits
+    c = ManagedIdentityClient(store_dir=store_dir)
+    assert c.imds_timeouts == Timeouts(connect=2.0, read=10.0, total=None) == DEFAULT_IMDS_TIMEOUTS
+    assert c.ests_timeouts == Timeouts(connect=5.0, read=30.0, total=60.0) == DEFAULT_ESTS_TIMEOUTS
+    assert c.mint_budget == 332.0  # no IMDS total: the retry policy's worst case
+
+
+def test_timeouts_is_a_frozen_value_changed_by_replace():
+    t = dataclasses.replace(DEFAULT_IMDS_TIMEOUTS, total=30.0)
+    assert t == Timeouts(2.0, 10.0, 30.0) and DEFAULT_IMDS_TIMEOUTS.total is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.read = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("fields", "name"), [
+    ({"connect": math.nan, "read": 1.0}, "Timeouts.connect"),
+    ({"connect": 1.0, "read": math.inf}, "Timeouts.read"),
+    ({"connect": 1.0, "read": 0.0}, "Timeouts.read"),
+    ({"connect": 1.0, "read": 1.0, "total": -1.0}, "Timeouts.total"),
+    ({"connect": True, "read": 1.0}, "Timeouts.connect"),  # a bool is not a duration
+])
+def test_timeouts_refuse_durations_that_would_disable_their_bound(fields, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite number of seconds > 0"):
+        Timeouts(**fields)
+
+
+def test_imds_timeouts_total_bounds_the_mint_and_the_lock_wait(store_dir):
+    c = ManagedIdentityClient(store_dir=store_dir,
+                              imds_timeouts=Timeouts(connect=1.0, read=2.0, total=20.0))
+    assert (c.mint_budget, c.lock_wait) == (20.0, 50.0)
+
+
+def test_ests_timeouts_reach_the_token_leg(make_client):
+    t = Timeouts(connect=0.5, read=0.7, total=3.0)
+    assert make_client(ests_timeouts=t)._tokens()._timeouts is t
+
+
+LEGACY = [
+    ("connect_timeout", 1.5, "imds_timeouts", "connect"),
+    ("read_timeout", 4.0, "imds_timeouts", "read"),
+    ("deadline", 20.0, "imds_timeouts", "total"),
+    ("deadline", None, "imds_timeouts", "total"),
+    ("ests_connect_timeout", 1.0, "ests_timeouts", "connect"),
+    ("ests_read_timeout", 3.0, "ests_timeouts", "read"),
+    ("ests_total_timeout", 9.0, "ests_timeouts", "total"),
+    ("ests_total_timeout", None, "ests_timeouts", "total"),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value", "group", "field"), LEGACY)
+def test_each_old_keyword_still_works_and_warns_at_the_caller(store_dir, keyword, value, group,
+                                                               field):
+    with pytest.warns(DeprecationWarning) as caught:
+        c = ManagedIdentityClient(store_dir=store_dir, **{keyword: value})
+    (warning,) = caught.list
+    message = str(warning.message)
+    assert message.startswith(f"{keyword}= is deprecated; use {group}=Timeouts(")
+    assert warning.filename == __file__  # points at the caller, not at msicert
+    got = getattr(c, group)
+    default = DEFAULT_IMDS_TIMEOUTS if group == "imds_timeouts" else DEFAULT_ESTS_TIMEOUTS
+    assert got == dataclasses.replace(default, **{field: value})
+
+
+def test_old_keywords_of_both_legs_combine_as_before(store_dir):
+    with pytest.warns(DeprecationWarning) as caught:
+        c = ManagedIdentityClient(store_dir=store_dir, connect_timeout=1.0, read_timeout=4.0,
+                                  deadline=20.0, ests_total_timeout=None)
+    assert len(caught.list) == 4
+    assert c.imds_timeouts == Timeouts(1.0, 4.0, 20.0)
+    assert c.ests_timeouts == Timeouts(5.0, 30.0, None)
+
+
+@pytest.mark.parametrize(("new", "old"), [
+    ("imds_timeouts", {"read_timeout": 4.0}),
+    ("imds_timeouts", {"deadline": None}),
+    ("ests_timeouts", {"ests_total_timeout": 1.0, "ests_connect_timeout": 1.0}),
+])
+def test_a_timeouts_object_and_an_old_keyword_of_its_leg_is_an_error_naming_both(store_dir, new,
+                                                                                 old):
+    with pytest.raises(ValueError) as info:
+        ManagedIdentityClient(store_dir=store_dir, **{new: Timeouts(1.0, 1.0)}, **old)
+    message = str(info.value)
+    assert message.startswith(f"give {new}= or ")
+    assert all(f"{k}=" in message for k in old) and "not both" in message
+
+
+def test_an_old_keyword_of_the_other_leg_combines_with_a_timeouts_object(store_dir):
+    with pytest.warns(DeprecationWarning, match="ests_read_timeout"):
+        c = ManagedIdentityClient(store_dir=store_dir, imds_timeouts=Timeouts(1.0, 2.0),
+                                  ests_read_timeout=3.0)
+    assert (c.imds_timeouts, c.ests_timeouts) == (Timeouts(1.0, 2.0), Timeouts(5.0, 3.0, 60.0))
+
+
+def test_the_new_keywords_warn_about_nothing(store_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ManagedIdentityClient(store_dir=store_dir, imds_timeouts=Timeouts(1.0, 2.0, 3.0),
+                              ests_timeouts=Timeouts(1.0, 2.0, None))
+
+
+def test_the_cli_timeout_uses_the_new_keywords(store_dir):
+    from msicert._cli import _client
+
+    args = argparse.Namespace(client_id=None, object_id=None, resource_id=None,
+                              store_dir=store_dir, store=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = _client(args, timeout=0.5)
+    assert c.imds_timeouts == Timeouts(connect=0.5, read=10.0, total=0.5)
+    assert c.ests_timeouts == Timeouts(connect=0.5, read=0.5, total=60.0)
+
+
+# --- choosing a store: one obvious way ----------------------------------------------------------
+
+@pytest.mark.parametrize("other", [{"store_dir": "/tmp/x"}, {"store_location": "current-user"}])
+def test_a_store_object_and_a_store_keyword_is_an_error_naming_both(store_dir, other):
+    (name,) = other
+    with pytest.raises(ValueError, match=rf"^give store= or {name}=, not both"):
+        ManagedIdentityClient(store=FileStore(store_dir), **other)
+
+
+def test_a_store_directory_and_a_store_location_is_an_error_naming_both(store_dir):
+    with pytest.raises(ValueError, match=r"^give store_dir= or store_location=, not both"):
+        ManagedIdentityClient(store_dir=store_dir, store_location="local-machine")
+
+
+def test_each_single_way_of_choosing_the_store_is_taken(store_dir, monkeypatch):
+    monkeypatch.delenv("MSICERT_STORE_DIR", raising=False)
+    given = FileStore(store_dir)
+    assert ManagedIdentityClient(store=given).store is given
+    assert ManagedIdentityClient(store_dir=store_dir).store.directory == given.directory
