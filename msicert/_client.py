@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 import os
@@ -10,7 +9,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _policy
@@ -21,6 +19,7 @@ from ._errors import (
     MsiCertError,
     StoreError,
 )
+from ._frozen import Frozen
 from ._identity import Identity
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
@@ -100,7 +99,7 @@ def _timeouts(
             f"({name} is its {fieldname!r})", DeprecationWarning, stacklevel=3)
         check_seconds(name, value)
         changes[fieldname] = value
-    return dataclasses.replace(default, **changes) if changes else default
+    return default.replace(**changes) if changes else default
 
 
 def _describe(exc: Exception) -> str:
@@ -115,17 +114,25 @@ def _describe(exc: Exception) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class _Minted:
+class _Minted(Frozen):
     """A :class:`~msicert.backends.contract.NewEntry`: what the store links and persists."""
+
+    _fields = ("der", "key", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
+    __slots__ = _fields
+    _hidden = frozenset({"key"})
 
     der: bytes
     # The key generate_key returned; its PEM (where exportable) is a Secret inside it.
-    key: KeyMaterial = field(repr=False)
+    key: KeyMaterial
     client_id: str
     tenant_id: str
     mtls_endpoint: str
     identity_type: str
+
+    def __init__(self, der: bytes, key: KeyMaterial, client_id: str, tenant_id: str,
+                 mtls_endpoint: str, identity_type: str) -> None:
+        self._set(der=der, key=key, client_id=client_id, tenant_id=tenant_id,
+                  mtls_endpoint=mtls_endpoint, identity_type=identity_type)
 
 
 class ManagedIdentityClient:

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+
+from ._frozen import Frozen
 
 __all__ = ["Identity"]
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Frozen):
     """A system-assigned identity (``kind == "system"``) or one user-assigned selector.
 
     ``kind`` is ``"system"``, ``"client_id"``, ``"object_id"`` or ``"resource_id"``; the
     three user-assigned kinds never share a store entry, even for the same identity.
     """
 
-    kind: str = "system"
-    value: str = ""
+    _fields = ("kind", "value")
+    __slots__ = _fields
+    kind: str
+    value: str
+
+    def __init__(self, kind: str = "system", value: str = "") -> None:
+        self._set(kind=kind, value=value)
 
     @classmethod
     def from_selectors(

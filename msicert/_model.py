@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from cryptography import x509
 
 from . import _policy
+from ._frozen import Frozen
 from ._identity import Identity
 
 __all__ = ["AccessToken", "BindingCertificate", "x5t_s256"]
@@ -24,14 +24,20 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
-@dataclass(frozen=True, eq=False)
-class BindingCertificate:
+class BindingCertificate(Frozen):
     """The MSI v2 binding certificate plus what the token leg needs, and where it came from.
 
     ``source`` is ``"memory"``, ``"store"`` or ``"imds"``; ``key`` is ``"file"``,
     ``"in-memory"``, ``"keyguard"`` or ``"software-ksp"``; ``store`` describes where the entry
     lives (a file path, or ``CurrentUser\\My``).
     """
+
+    # No __slots__: from_der and with_source fill __dict__ in one call (the hot paths).
+    _fields = ("certificate", "der", "identity", "client_id", "tenant_id", "mtls_endpoint",
+               "identity_type", "source", "key", "store", "not_before_ts", "not_after_ts",
+               "renew_after_ts", "x5t_s256", "cert_pem")
+    _hidden = frozenset({"cert_pem"})
+    _compare = False  # one certificate object is one entry: identity equality, as before
 
     certificate: x509.Certificate
     der: bytes
@@ -47,7 +53,33 @@ class BindingCertificate:
     not_after_ts: float
     renew_after_ts: float
     x5t_s256: str
-    cert_pem: bytes = field(repr=False, default=b"")
+    cert_pem: bytes
+
+    def __init__(
+        self,
+        certificate: x509.Certificate,
+        der: bytes,
+        identity: Identity,
+        client_id: str,
+        tenant_id: str,
+        mtls_endpoint: str,
+        identity_type: str,
+        source: str,
+        key: str,
+        store: str,
+        not_before_ts: float,
+        not_after_ts: float,
+        renew_after_ts: float,
+        x5t_s256: str,
+        cert_pem: bytes = b"",
+    ) -> None:
+        self.__dict__.update(
+            certificate=certificate, der=der, identity=identity, client_id=client_id,
+            tenant_id=tenant_id, mtls_endpoint=mtls_endpoint, identity_type=identity_type,
+            source=source, key=key, store=store, not_before_ts=not_before_ts,
+            not_after_ts=not_after_ts, renew_after_ts=renew_after_ts, x5t_s256=x5t_s256,
+            cert_pem=cert_pem,
+        )
 
     @classmethod
     def from_der(
@@ -69,8 +101,7 @@ class BindingCertificate:
         digest = hashlib.sha256(der).digest()
         nb = certificate.not_valid_before_utc.timestamp()
         na = certificate.not_valid_after_utc.timestamp()
-        # Filled in directly, as with_source does: the frozen dataclass __init__ sets its 15
-        # fields one object.__setattr__ at a time, a tenth of a first store lookup.
+        # Filled in directly, as with_source does (no keyword binding of 15 arguments).
         made = object.__new__(cls)
         made.__dict__.update(
             certificate=certificate, der=der, identity=identity, client_id=client_id,
@@ -138,17 +169,32 @@ class BindingCertificate:
         }
 
 
-@dataclass(frozen=True)
-class AccessToken:
+class AccessToken(Frozen):
     """An ``mtls_pop`` access token bound to the certificate ``x5t_s256``.
 
     ``source`` is ``"cache"`` or ``"identity_provider"``; ``expires_on`` is POSIX seconds.
     The token text never appears in ``repr``.
     """
 
-    access_token: str = field(repr=False)
+    _fields = ("access_token", "token_type", "expires_on", "x5t_s256", "source", "refresh_on")
+    __slots__ = _fields
+    _hidden = frozenset({"access_token"})
+
+    access_token: str
     token_type: str
     expires_on: int
     x5t_s256: str
     source: str
-    refresh_on: float = 0.0
+    refresh_on: float
+
+    def __init__(
+        self,
+        access_token: str,
+        token_type: str,
+        expires_on: int,
+        x5t_s256: str,
+        source: str,
+        refresh_on: float = 0.0,
+    ) -> None:
+        self._set(access_token=access_token, token_type=token_type, expires_on=expires_on,
+                  x5t_s256=x5t_s256, source=source, refresh_on=refresh_on)

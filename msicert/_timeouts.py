@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from ._frozen import Frozen
 
 __all__ = ["DEFAULT_ESTS_TIMEOUTS", "DEFAULT_IMDS_TIMEOUTS", "Timeouts", "check_seconds"]
 
@@ -20,25 +21,27 @@ def check_seconds(name: str, value: float | None, *, zero_ok: bool = False) -> N
                          f"{'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class Timeouts:
+class Timeouts(Frozen):
     """Seconds for one network leg: ``connect`` bounds each connection attempt, ``read`` each
     wait for bytes, ``total`` (None: no bound of its own) the whole call.
 
     For IMDS, ``total`` bounds all the IMDS work of one client call, retries included (it was
     ``deadline=``); for ESTS it bounds each token request, however slowly ESTS trickles its
     answer (it was ``ests_total_timeout=``). Change one field with
-    ``dataclasses.replace(DEFAULT_IMDS_TIMEOUTS, total=30.0)``.
+    ``DEFAULT_IMDS_TIMEOUTS.replace(total=30.0)``.
     """
 
+    _fields = ("connect", "read", "total")
+    __slots__ = _fields
     connect: float
     read: float
-    total: float | None = None
+    total: float | None
 
-    def __post_init__(self) -> None:
-        check_seconds("Timeouts.connect", self.connect)
-        check_seconds("Timeouts.read", self.read)
-        check_seconds("Timeouts.total", self.total)
+    def __init__(self, connect: float, read: float, total: float | None = None) -> None:
+        check_seconds("Timeouts.connect", connect)
+        check_seconds("Timeouts.read", read)
+        check_seconds("Timeouts.total", total)
+        self._set(connect=connect, read=read, total=total)
 
 
 DEFAULT_IMDS_TIMEOUTS = Timeouts(connect=2.0, read=10.0, total=None)

@@ -4,13 +4,14 @@ still accepted (with a DeprecationWarning), one way to choose a store."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
+import pickle
 import warnings
 
 import pytest
 
 from msicert import ManagedIdentityClient, Timeouts
+from msicert._frozen import FrozenInstanceError
 from msicert._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS
 from msicert.backends.posix._file_store import FileStore
 
@@ -24,10 +25,15 @@ def test_the_defaults_are_the_documented_ones(store_dir, monkeypatch):
 
 
 def test_timeouts_is_a_frozen_value_changed_by_replace():
-    t = dataclasses.replace(DEFAULT_IMDS_TIMEOUTS, total=30.0)
+    t = DEFAULT_IMDS_TIMEOUTS.replace(total=30.0)
     assert t == Timeouts(2.0, 10.0, 30.0) and DEFAULT_IMDS_TIMEOUTS.total is None
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert hash(t) == hash(Timeouts(2.0, 10.0, 30.0)) and t != Timeouts(2.0, 10.0)
+    assert repr(t) == "Timeouts(connect=2.0, read=10.0, total=30.0)"
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'read'"):
         t.read = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"Timeouts\.total"):
+        t.replace(total=float("nan"))  # replace runs the checks again
+    assert pickle.loads(pickle.dumps(t)) == t
 
 
 @pytest.mark.parametrize(("fields", "name"), [
@@ -76,7 +82,7 @@ def test_each_old_keyword_still_works_and_warns_at_the_caller(store_dir, keyword
     assert warning.filename == __file__  # points at the caller, not at msicert
     got = getattr(c, group)
     default = DEFAULT_IMDS_TIMEOUTS if group == "imds_timeouts" else DEFAULT_ESTS_TIMEOUTS
-    assert got == dataclasses.replace(default, **{field: value})
+    assert got == default.replace(**{field: value})
 
 
 def test_old_keywords_of_both_legs_combine_as_before(store_dir):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import logging
 import os
 import re
@@ -210,7 +209,7 @@ def test_token_and_certificate_values_do_not_show_secrets_in_repr(make_client, e
 def test_the_mint_record_does_not_show_the_private_key_in_its_repr():
     from msicert.backends.posix._software_key import SoftwareKey
 
-    minted = _Minted(**{f.name: "" for f in dataclasses.fields(_Minted) if f.name != "key"},
+    minted = _Minted(**{name: "" for name in _Minted._fields if name != "key"},
                      key=SoftwareKey.generate())
     assert b"PRIVATE KEY" in minted.key.key_pem.reveal()
     assert "PRIVATE KEY" not in repr(minted)

@@ -5,7 +5,6 @@ Real client, real emulator; call counts come from the emulator's request log.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -108,7 +107,7 @@ def test_rotation_while_threads_insert_does_not_break_iteration(make_client, emu
         def __ne__(self, other: object) -> bool:
             return not self.__eq__(other)
 
-    hooked = dataclasses.replace(cert, x5t_s256=Thumbprint(cert.x5t_s256))
+    hooked = cert.replace(x5t_s256=Thumbprint(cert.x5t_s256))
     manager._rotate(hooked, evict=False)  # the StaleCertificate path: forget, re-read store
     for th in inserters:
         th.join(30)

@@ -80,11 +80,23 @@ def _local_reprs(exc: BaseException) -> list[tuple[str, str]]:
                 inner = list(value.values())
             elif isinstance(value, (list, tuple, set, frozenset)):
                 inner = list(value)
-            elif not isinstance(value, Secret) and isinstance(getattr(value, "__dict__", None),
-                                                              dict):
-                inner = list(vars(value).values())
+            elif not isinstance(value, Secret):
+                inner = _attributes(value)
             out += [(f"{here} {name}.*", _safe_repr(v)) for v in inner[:200]]
     return out
+
+
+def _attributes(value: object) -> list[object]:
+    """What a locals-capturing reporter sees one level down: __dict__ and __slots__ values."""
+    found: list[object] = []
+    if isinstance(getattr(value, "__dict__", None), dict):
+        found += list(vars(value).values())
+    for cls in type(value).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                found.append(getattr(value, name))
+    return found
 
 
 def _key_fragments(pem: bytes) -> list[str]:
@@ -213,4 +225,5 @@ def test_software_key_pem_and_mint_record_are_secrets():
     assert "PRIVATE KEY" not in repr(key) + repr(vars(key)) + str(key.key_pem)
     minted = _Minted(der=b"", key=key, client_id="", tenant_id="", mtls_endpoint="",
                      identity_type="")
-    assert "PRIVATE KEY" not in repr(vars(minted))
+    assert "PRIVATE KEY" not in repr(_attributes(minted)) + repr(minted)
+    assert any(attr is key for attr in _attributes(minted))  # the walk sees into slots
