@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ from ._errors import (
 )
 from ._frozen import Frozen
 from ._identity import Identity
+from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
 from ._policy import State
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, DEFAULT_IMDS_TIMEOUTS, Timeouts, check_seconds
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ManagedIdentityClient"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 ENV_ISSUER = "MSICERT_ISSUER"
 MINT_OVERHEAD = 30.0
