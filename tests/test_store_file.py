@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from msicert import Identity, StoreError
 from msicert.backends.contract import CorruptEntry
@@ -194,13 +195,13 @@ def test_symlinked_entry_is_corrupt_not_followed(store, tmp_path):
 
 def test_hot_path_checks_the_key_once_per_process_and_never_validates_rsa(store, monkeypatch):
     calls = []
-    real = _file_store.serialization.load_pem_private_key
+    real = serialization.load_pem_private_key
 
     def spy(data, password, **kw):
         calls.append(kw)
         return real(data, password, **kw)
 
-    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key", spy)
+    monkeypatch.setattr(serialization, "load_pem_private_key", spy)
     _file_store._verified.clear()
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     for _ in range(5):

@@ -424,7 +424,7 @@ def test_a_first_lookup_loads_no_key_object_and_builds_no_name_strings(store, mo
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     calls: list[str] = []
     real_key, real_cert = serialization.load_pem_private_key, _policy.load_certificate
-    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key",
+    monkeypatch.setattr(serialization, "load_pem_private_key",
                         lambda *a, **k: calls.append("key") or real_key(*a, **k))
     monkeypatch.setattr(_policy, "load_certificate",
                         lambda der: calls.append("cert") or real_cert(der))
@@ -443,7 +443,7 @@ def test_an_older_entry_without_recorded_names_takes_the_thorough_path(store, go
     old = MANGLED["names: no recorded names (an older file)"](good)
     calls: list[bool] = []
     real = serialization.load_pem_private_key
-    monkeypatch.setattr(_file_store.serialization, "load_pem_private_key",
+    monkeypatch.setattr(serialization, "load_pem_private_key",
                         lambda *a, **k: calls.append(k["unsafe_skip_rsa_key_validation"])
                         or real(*a, **k))
     assert _outcome(store, old, Identity(), ISSUER_CN, thorough=False)[0] == "ok"

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 anyway
 
 from ... import _policy
@@ -557,6 +556,10 @@ class FileStore:
     @staticmethod
     def _check_key(entry: BindingCertificate, key_block: Secret[bytes], location: str) -> None:
         """Key/cert match: the public halves compared, without RSA key validation (~28 ms)."""
+        # Imported here: the module pulls in cryptography's SSH support (~8 ms), which a warm
+        # process whose entry passes the quick check never needs.
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(
                 key_block.reveal(), None, unsafe_skip_rsa_key_validation=True
@@ -585,6 +588,8 @@ class FileStore:
         # \u2029) would split the header line when read back and truncate the value.
         if any(len((v + "x").splitlines()) != 1 for v in values.values()):
             raise StoreError("refusing to store metadata containing a line break")
+        from cryptography.hazmat.primitives import serialization
+
         try:
             cert_pem = _policy.load_certificate(entry.der).public_bytes(
                 serialization.Encoding.PEM
