@@ -8,6 +8,7 @@ wire formats); backends import this module, never the other way round.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..wire._imds import PlatformMetadata
 
 __all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response",
-           "SingleFlightLock", "StaleCertificate", "Store", "Transport"]
+           "SingleFlightLock", "StaleCertificate", "Store", "Transport", "thread_lock"]
 
 
 class CorruptEntry(StoreError):
@@ -185,3 +186,17 @@ class Store(Protocol):
 
     def transport(self) -> Transport:
         """The mTLS transport that can present this store's certificates."""
+
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def thread_lock(key: str) -> threading.Lock:
+    """The in-process half of every :class:`Lock`: one ``threading.Lock`` per key, shared by
+    all clients of this process (the OS lock only excludes other processes)."""
+    with _thread_locks_guard:
+        lock = _thread_locks.get(key)
+        if lock is None:
+            lock = _thread_locks[key] = threading.Lock()
+        return lock

@@ -12,27 +12,17 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 from ..._errors import StoreError
+from ..contract import thread_lock
 
 __all__ = ["IdentityLock"]
 
 log = logging.getLogger("msicert")
 
-_registry: dict[str, threading.Lock] = {}
-_registry_lock = threading.Lock()
 _POLL = 0.01
-
-
-def _thread_lock(key: str) -> threading.Lock:
-    with _registry_lock:
-        lock = _registry.get(key)
-        if lock is None:
-            lock = _registry[key] = threading.Lock()
-        return lock
 
 
 class IdentityLock:
@@ -41,7 +31,7 @@ class IdentityLock:
     def __init__(self, lock_path: str, *, timeout: float = 120.0) -> None:
         self.lock_path = lock_path
         self.timeout = timeout
-        self._thread = _thread_lock(os.path.abspath(lock_path))
+        self._thread = thread_lock(os.path.abspath(lock_path))
 
     @contextlib.contextmanager
     def hold(self, *, blocking: bool = True) -> Iterator[bool]:

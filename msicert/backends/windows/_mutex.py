@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 
 from ..._errors import StoreError
+from ..contract import thread_lock
 
 __all__ = ["MutexLock"]
 
 log = logging.getLogger("msicert")
-
-_registry: dict[str, threading.Lock] = {}
-_registry_lock = threading.Lock()
-
-
-def _thread_lock(key: str) -> threading.Lock:
-    with _registry_lock:
-        lock = _registry.get(key)
-        if lock is None:
-            lock = _registry[key] = threading.Lock()
-        return lock
-
 
 _ERROR_ACCESS_DENIED = 5
 _warned_fallback: set[str] = set()
@@ -46,7 +34,7 @@ class MutexLock:
         self.name = name
         self.fallback = fallback
         self.timeout = timeout
-        self._thread = _thread_lock("mutex:" + name)
+        self._thread = thread_lock("mutex:" + name)
 
     def _enter(self, stack: contextlib.ExitStack, wait_ms: int) -> str:
         """Hold ``name`` (or the fallback when ``name`` is denied); return the one held."""
