@@ -26,7 +26,8 @@ __all__ = ["Cancel", "Watchdog", "arm", "watched_pool_class"]
 
 
 class _HasSock(Protocol):
-    sock: socket.socket | None
+    @property
+    def sock(self) -> socket.socket | None: ...
 
 
 class Cancel:
@@ -104,7 +105,8 @@ def _shut(target: socket.socket | _HasSock) -> None:
     if sock is None:
         return
     with contextlib.suppress(OSError):  # already closed or never connected: nothing to stop
-        sock.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown: on an SSLSocket the TLS layer is left to its reader.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 # --- a deadline for a whole ESTS request (per thread, over the ssl transport's pools) ---------
@@ -119,18 +121,28 @@ class Watchdog:
     body holds a caller without limit. While a Watchdog is entered on a thread, connections of
     pools built with :func:`watched_pool_class` (the ssl transport's) used by that thread
     attach their socket to it (a new connection before its TLS handshake, a pooled one before
-    the request); a timer shuts that socket down at the deadline, which ends any blocked read.
-    ``fired`` tells the caller why it failed. ``seconds=None`` disables it.
+    the request); the shared timer of :func:`arm` shuts that socket down at the deadline,
+    which ends any blocked read. ``fired`` tells the caller why it failed. ``seconds=None``
+    disables it.
     """
 
     def __init__(self, seconds: float | None) -> None:
-        self._seconds = seconds
         self._until = None if seconds is None else time.monotonic() + seconds
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._armed = seconds is not None
-        self._timer: threading.Timer | None = None
-        self.fired = False
+        self._armed = False
+        self._watch: Cancel | None = None
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The socket to shut down (read by the timer when the deadline passes)."""
+        with self._lock:
+            return self._sock if self._armed else None
+
+    @property
+    def fired(self) -> bool:
+        """True once the deadline passed while the request was still running."""
+        return self._watch is not None and self._watch.fired
 
     def clip(self, timeout: urllib3.Timeout) -> urllib3.Timeout:
         """``timeout`` with its connect and read parts no longer than the time left."""
@@ -151,30 +163,21 @@ class Watchdog:
             if not self._armed:
                 return
             self._sock = sock
-            if self.fired:  # the deadline passed before this socket existed
-                _shutdown(sock)
+        if self.fired:  # the deadline passed before this socket existed
+            _shut(sock)
 
     def disarm(self) -> None:
         """No shutdown after this (the connection may go back to its pool)."""
         with self._lock:
             self._armed = False
             self._sock = None
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            self.fired = True
-            if self._sock is not None:
-                _shutdown(self._sock)
+        if self._watch is not None:
+            self._watch()
 
     def __enter__(self) -> Watchdog:
-        if self._seconds is not None:
-            self._timer = threading.Timer(self._seconds, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+        if self._until is not None:
+            self._armed = True
+            self._watch = arm(self, self._until)
             _current.watchdog = self
         return self
 
@@ -187,12 +190,6 @@ class Watchdog:
         self.disarm()
         if getattr(_current, "watchdog", None) is self:
             _current.watchdog = None
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        # The plain socket's shutdown: on an SSLSocket the TLS layer is left to its reader.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _watching() -> Watchdog | None:
