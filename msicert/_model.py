@@ -101,17 +101,11 @@ class BindingCertificate(Frozen):
         digest = hashlib.sha256(der).digest()
         nb = certificate.not_valid_before_utc.timestamp()
         na = certificate.not_valid_after_utc.timestamp()
-        # Filled in directly, as with_source does (no keyword binding of 15 arguments).
-        made = object.__new__(cls)
-        made.__dict__.update(
-            certificate=certificate, der=der, identity=identity, client_id=client_id,
-            tenant_id=tenant_id, mtls_endpoint=mtls_endpoint, identity_type=identity_type,
-            source=source, key=key, store=store, not_before_ts=nb, not_after_ts=na,
-            renew_after_ts=_policy.renew_after(nb, na, digest),
-            x5t_s256=base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"),
-            cert_pem=cert_pem,
+        return cls(
+            certificate, der, identity, client_id, tenant_id, mtls_endpoint, identity_type,
+            source, key, store, nb, na, _policy.renew_after(nb, na, digest),
+            base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii"), cert_pem,
         )
-        return made
 
     @property
     def not_before(self) -> datetime:
