@@ -22,9 +22,6 @@ from ._errors import ImdsError, MsiCertError, TokenError
 __all__ = ["main"]
 
 HINT_NOT_ON_AZURE = "not on Azure? try `msicert emulator`"
-_WAIT_WORDS = re.compile(r"\b(retry|retrying|retries|waiting|waited|backing off)\b", re.I)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors become a JSON object on stdout under ``--json``."""
 
@@ -445,8 +442,8 @@ class _WaitsOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
-        return bool(getattr(record, "wait", False)) or bool(
-            _WAIT_WORDS.search(record.getMessage()))
+        # Every wait is tagged where it is logged (IMDS retries, another process's mint).
+        return bool(getattr(record, "wait", False))
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

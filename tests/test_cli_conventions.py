@@ -168,6 +168,21 @@ def test_quiet_silences_wait_lines(emu, store_dir):
     assert proc.returncode == 0 and err == ""
 
 
+def test_each_imds_retry_is_one_stderr_line_by_default_and_quiet_silences_them(emu, store_dir):
+    emu.inject("issuecredential", Fault(status=503, times=2))
+    proc = run_cli("cert", "--store-dir", store_dir)
+    assert proc.returncode == 0
+    lines = proc.stderr.splitlines()
+    assert [re.sub(r"\(correlation_id=.*\)", "", line) for line in lines] == [
+        "msicert: IMDS issuecredential answered 503; retry 1/3 in 0.0 s ",
+        "msicert: IMDS issuecredential answered 503; retry 2/3 in 0.0 s ",
+    ]
+    emu.reset()
+    emu.inject("issuecredential", Fault(status=503, times=2))
+    quiet = run_cli("cert", "--store-dir", store_dir + "-q", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
 def test_timeout_maps_to_the_deadline(emu, store_dir):
     emu.inject("getplatformmetadata", Fault(status=503, retry_after=30, times=None))
     proc = run_cli("cert", "--store-dir", store_dir, "--timeout", "0.5", "--json",

@@ -437,7 +437,7 @@ class ImdsClient:
                 f"failed ({transport_error})"
             stretched = f" (Retry-After {asked:g} s)" if unscaled > scheduled else ""
             log.info("IMDS %s %s; retry %d/%d in %.1f s%s (correlation_id=%s)",
-                     step, answer, retry, budget, wait, stretched, cid)
+                     step, answer, retry, budget, wait, stretched, cid, extra={"wait": True})
             self._sleep(wait)
 
     def get_platform_metadata(
