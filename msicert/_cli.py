@@ -9,23 +9,54 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import _lazylog
 from ._errors import ImdsError, MsiCertError, TokenError
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["main"]
 
 HINT_NOT_ON_AZURE = "not on Azure? try `msicert emulator`"
+def _terminal_width() -> int:
+    """``shutil.get_terminal_size().columns``, without importing ``shutil`` (about 2 ms, with
+    its archive modules, that argparse pays at the first ``add_argument``)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout, with the width found by :func:`_terminal_width`."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_width() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors become a JSON object on stdout under ``--json``."""
 
     json_errors = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         if _Parser.json_errors:
@@ -383,6 +414,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from .emulator._server import EmulatorOptionError, serve
 
+    _lazylog.activate()  # the emulator logs through plain ``logging`` loggers
     try:
         serve(host=args.host, port=args.port, lifetime=args.lifetime, backdate=args.backdate)
     except EmulatorOptionError as exc:
@@ -394,6 +426,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    _lazylog.activate()  # the demo runs the emulator, which logs through plain ``logging``
     return run_demo()
 
 
@@ -436,17 +469,19 @@ def _fail(args: argparse.Namespace, text: str, step: str | None, status: int | N
     print(f"msicert {args.command}: {text}{tail}", file=sys.stderr)
 
 
-class _WaitsOnly(logging.Filter):
+def _waits_only(record: logging.LogRecord) -> bool:
     """Default stderr view: warnings, and the INFO lines that say what is being waited for."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
-            return True
-        # Every wait is tagged where it is logged (IMDS retries, another process's mint).
-        return bool(getattr(record, "wait", False))
+    if record.levelno >= 30:  # logging.WARNING
+        return True
+    # Every wait is tagged where it is logged (IMDS retries, another process's mint).
+    return bool(getattr(record, "wait", False))
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """The stderr handler of the ``msicert`` logger. Run by :mod:`._lazylog` just before the
+    first record: a command that logs nothing (a warm ``cert``) never imports ``logging``."""
+    import logging
+
     log = logging.getLogger("msicert")
     for old in [h for h in log.handlers if getattr(h, "_msicert_cli", False)]:
         log.removeHandler(old)  # main() called again in one process: one handler only
@@ -461,7 +496,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     else:
         log.setLevel(logging.INFO)
-        handler.addFilter(_WaitsOnly())
+        handler.addFilter(_waits_only)
         handler.setFormatter(logging.Formatter("msicert: %(message)s"))
     log.addHandler(handler)
 
@@ -471,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in argv
     args = _parser().parse_args(argv)
-    _setup_logging(args)
+    shown = 40 if args.quiet else 10 if args.verbose > 1 else 20  # ERROR, DEBUG, INFO
+    _lazylog.on_first_use(lambda: _setup_logging(args), level=shown)
     commands = {
         "cert": _cmd_cert, "status": _cmd_status, "token": _cmd_token, "purge": _cmd_purge,
         "probe": _cmd_probe, "emulator": _cmd_emulator, "demo": _cmd_demo,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import logging
 import ssl
 import threading
 import time
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from ._errors import TokenError
+from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
 from .backends.contract import StaleCertificate, Transport
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_CACHED", "CertificateSource", "TokenManager"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 _EXPIRY_MARGIN = 300.0
 MAX_CACHED = 256  # token cache entries (resources); a service talks to a handful
 

@@ -21,7 +21,6 @@ This module imports azure-core; ``import msicert`` never does.
 from __future__ import annotations
 
 import base64
-import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -40,10 +39,11 @@ from azure.core.utils import case_insensitive_dict
 
 from ._client import ManagedIdentityClient
 from ._errors import MsiCertError
+from ._lazylog import LazyLogger
 
 __all__ = ["MtlsPopCredential", "MtlsPopPolicy", "MtlsTransport", "resource_for_scopes"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 TOKEN_TYPE = "mtls_pop"
 

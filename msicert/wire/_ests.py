@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 import uuid
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from .._errors import TokenError
+from .._lazylog import LazyLogger
 from .._secret import Secret
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ __all__ = [
     "token_url",
 ]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 _MAX_BODY = 256 * 1024
 CLIENT_SKU = "msicert.python"  # x-client-SKU: MSAL.NET sends its flavour, MSAL Python "MSAL.Python"
 

@@ -6,7 +6,6 @@ import base64
 import binascii
 import email.utils
 import json
-import logging
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .._errors import ImdsError, ImdsResponseError, MsiV2UnavailableError
 from .._identity import Identity, is_guid
+from .._lazylog import LazyLogger
 from .._policy import load_certificate
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ __all__ = [
     "parse_platform_metadata",
 ]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 DEFAULT_IMDS = "http://169.254.169.254"
 ENV_IMDS = "AZURE_POD_IDENTITY_AUTHORITY_HOST"

@@ -13,7 +13,6 @@ import binascii
 import contextlib
 import errno
 import hashlib
-import logging
 import os
 import stat
 import sys
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 an
 from ... import _policy
 from ..._errors import StoreError
 from ..._identity import Identity
+from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..._secret import Secret
 from ..contract import CorruptEntry, NewEntry
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~3.5 KiB; anything larger is not ours
 MAGIC = "msicert-entry: 1"

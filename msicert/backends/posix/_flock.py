@@ -9,18 +9,18 @@ minter never blocks the others. The Windows certificate store uses a named mutex
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
 
 from ..._errors import StoreError
+from ..._lazylog import LazyLogger
 from ..contract import thread_lock
 
 __all__ = ["IdentityLock"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 _POLL = 0.01
 

@@ -6,11 +6,11 @@ says so; when it loads but fails, AttestationError carries its status code.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TYPE_CHECKING
 
 from ..._errors import AttestationError
+from ..._lazylog import LazyLogger
 
 if TYPE_CHECKING:
     from msicert_native import NCryptKey
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["attestation_token"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 
 def attestation_token(handle: NCryptKey, meta: PlatformMetadata, alias: str) -> str | None:

@@ -30,7 +30,6 @@ The private key stays in CNG, linked with CERT_KEY_PROV_INFO_PROP_ID; it is neve
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import uuid
@@ -45,6 +44,7 @@ from cryptography.x509.oid import NameOID
 from ... import _policy
 from ..._errors import StoreError
 from ..._identity import Identity
+from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..contract import CorruptEntry, NewEntry
 from ._mutex import MutexLock
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WindowsStore", "format_tag", "parse_tag", "reference_alias"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 _LOCATIONS = {"current-user": "CurrentUser\\My", "local-machine": "LocalMachine\\My"}
 _TAG_PREFIX = "MSAL|"

@@ -7,15 +7,15 @@ acquired, so a crashed minter never blocks the others.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 from ..._errors import StoreError
+from ..._lazylog import LazyLogger
 from ..contract import thread_lock
 
 __all__ = ["MutexLock"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 _ERROR_ACCESS_DENIED = 5
 _warned_fallback: set[str] = set()

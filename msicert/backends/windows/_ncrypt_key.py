@@ -7,12 +7,12 @@ salt 32) and the mTLS handshake uses the key through the certificate's CERT_KEY_
 from __future__ import annotations
 
 import hashlib
-import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..._identity import Identity
+from ..._lazylog import LazyLogger
 from ...wire._csr import PSS_SALT_LENGTH
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["NCryptRsaKey", "generate_key", "key_is_alive", "key_name_for", "mark_attested",
            "was_attested"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 KIND_KEYGUARD = "keyguard"
 KIND_SOFTWARE = "software-ksp"

@@ -7,12 +7,12 @@ and raises urllib3's exception types so the token leg treats both platforms alik
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_INSECURE", "WinHttpCache", "WinHttpPool"]
 
-log = logging.getLogger("msicert")
+log = LazyLogger("msicert")
 
 ENV_INSECURE = "MSICERT_EMULATOR_INSECURE_TLS"  # emulator only: skip ESTS server verification
 _TLS_ERRORS = frozenset({12044, 12045, 12157, 12169, 12175, 12038, 12037})  # winhttp.h
