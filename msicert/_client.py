@@ -196,15 +196,22 @@ class ManagedIdentityClient:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
-        legacy: dict[str, Any] = {
-            "connect_timeout": connect_timeout, "read_timeout": read_timeout,
-            "deadline": deadline, "ests_connect_timeout": ests_connect_timeout,
-            "ests_read_timeout": ests_read_timeout, "ests_total_timeout": ests_total_timeout,
-        }
-        self._imds_timeouts = _timeouts("imds_timeouts", imds_timeouts, DEFAULT_IMDS_TIMEOUTS,
-                                        legacy)
-        self._ests_timeouts = _timeouts("ests_timeouts", ests_timeouts, DEFAULT_ESTS_TIMEOUTS,
-                                        legacy)
+        if (connect_timeout is read_timeout is deadline is ests_connect_timeout
+                is ests_read_timeout is ests_total_timeout is _UNSET):  # no old keyword given
+            self._imds_timeouts = (DEFAULT_IMDS_TIMEOUTS if imds_timeouts is None
+                                   else imds_timeouts)
+            self._ests_timeouts = (DEFAULT_ESTS_TIMEOUTS if ests_timeouts is None
+                                   else ests_timeouts)
+        else:
+            legacy: dict[str, Any] = {
+                "connect_timeout": connect_timeout, "read_timeout": read_timeout,
+                "deadline": deadline, "ests_connect_timeout": ests_connect_timeout,
+                "ests_read_timeout": ests_read_timeout, "ests_total_timeout": ests_total_timeout,
+            }
+            self._imds_timeouts = _timeouts("imds_timeouts", imds_timeouts,
+                                            DEFAULT_IMDS_TIMEOUTS, legacy)
+            self._ests_timeouts = _timeouts("ests_timeouts", ests_timeouts,
+                                            DEFAULT_ESTS_TIMEOUTS, legacy)
         check_seconds("lock_timeout", lock_timeout)
         check_seconds("renewal_deadline", renewal_deadline)
         check_seconds("renewal_backoff", renewal_backoff, zero_ok=True)

@@ -36,6 +36,8 @@ class Identity(Frozen):
         resource_id: str | None = None,
     ) -> Identity:
         """Build from at most one selector; none means the system-assigned identity."""
+        if client_id is None and object_id is None and resource_id is None:
+            return cls()
         given = [
             (kind, value)
             for kind, value in (

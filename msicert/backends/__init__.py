@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .._errors import StoreError
 from .contract import Store
 
+if TYPE_CHECKING:
+    from .posix._file_store import FileStore
+
 __all__ = ["ENV_STORE_DIR", "default_store"]
 
 ENV_STORE_DIR = "MSICERT_STORE_DIR"
+_FileStore: type[FileStore] | None = None
 
 
 def default_store(store_dir: str | None = None, location: str | None = None) -> Store:
@@ -37,6 +42,14 @@ def default_store(store_dir: str | None = None, location: str | None = None) -> 
         from .windows._cert_store import WindowsStore
 
         return WindowsStore(location or "current-user")
-    from .posix._file_store import FileStore
+    return _file_store_class()(store_dir)
 
-    return FileStore(store_dir)
+
+def _file_store_class() -> type[FileStore]:
+    """The file store class, imported once (an import statement costs ~0.7 us a client)."""
+    global _FileStore
+    if _FileStore is None:
+        from .posix._file_store import FileStore
+
+        _FileStore = FileStore
+    return _FileStore
