@@ -323,7 +323,7 @@ class ManagedIdentityClient:
                 entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
             except CorruptEntry as exc:
                 entry = None
-                if exc.reason.startswith(_policy.ISSUER_MISMATCH):
+                if exc.keep:
                     # Our expectation may be what is wrong: keep the entry; a new certificate
                     # replaces it only if it passes the same check.
                     log.warning("keeping store entry for %s: %s", self.identity.alias, exc.reason)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +18,8 @@ from ._identity import Identity, is_guid
 __all__ = [
     "DEFAULT_ISSUER_CN",
     "SYSTEM_ASSIGNED_CN",
+    "IssuerMismatch",
+    "Mismatch",
     "State",
     "der_element",
     "identity_mismatch",
@@ -277,6 +279,23 @@ def name_values(der: bytes) -> list[tuple[bytes, str]] | None:
         return None
 
 
+class Mismatch(str):
+    """Why a certificate does not belong to an identity (the text is the reason)."""
+
+    __slots__ = ()
+    expectation_only: ClassVar[bool] = False
+    """True when only the caller's expectation refuses it (see :class:`IssuerMismatch`)."""
+
+
+class IssuerMismatch(Mismatch):
+    """The issuer is not the one the caller expects. The expectation (``issuer=``,
+    ``$MSICERT_ISSUER``) may be what is wrong, so a store entry refused for this is kept
+    rather than deleted on the caller's say-so."""
+
+    __slots__ = ()
+    expectation_only = True
+
+
 def _single_value(values: list[tuple[bytes, str]], oid: bytes) -> str | None:
     found = [value for o, value in values if o == oid]
     return found[0] if len(found) == 1 else None
@@ -288,7 +307,7 @@ def vetted_names_mismatch(
     identity: Identity,
     *,
     issuer_cn: str,
-) -> str | None:
+) -> Mismatch | None:
     """:func:`identity_mismatch` with ``subject_vetted=True``, on :func:`name_values` output.
 
     Never accepts what :func:`identity_mismatch` refuses. It may refuse an issuer that the
@@ -299,9 +318,9 @@ def vetted_names_mismatch(
     if expected is not None:
         cn = _single_value(subject, OID_CN)
         if cn is None or cn.lower() != expected.lower():
-            return "subject CN is another client id"
+            return Mismatch("subject CN is another client id")
     if not issuer_fragment_in((value for _, value in issuer), issuer_cn):
-        return "issuer is not the expected issuer"
+        return IssuerMismatch("issuer is not the expected issuer")
     return None
 
 
@@ -320,7 +339,7 @@ def identity_mismatch(
     client_id: str | Iterable[str] | None = None,
     tenant_id: str | Iterable[str] | None = None,
     subject_vetted: bool = False,
-) -> str | None:
+) -> Mismatch | None:
     """Why ``cert`` does not belong to ``identity`` (None when it does).
 
     ``subject_vetted`` (a store entry whose subject was recorded when it was minted): the
@@ -337,38 +356,35 @@ def identity_mismatch(
     if subject_vetted:
         expected = identity.expects_client_id()
         if expected is not None and (cn is None or cn.lower() != expected.lower()):
-            return "subject CN is another client id"
+            return Mismatch("subject CN is another client id")
         return _issuer_problem(cert, issuer_cn)
     if cn is None or dc is None:
-        return "subject is not CN=<client id>, DC=<tenant>"
+        return Mismatch("subject is not CN=<client id>, DC=<tenant>")
     system_literal = identity.kind == "system" and cn.lower() == SYSTEM_ASSIGNED_CN
     expected = identity.expects_client_id()
     if expected is not None and cn.lower() != expected.lower():
-        return "subject CN is another client id"
+        return Mismatch("subject CN is another client id")
     client_ids = _names(client_id)
     if not system_literal:
         if client_ids:
             if cn.lower() not in client_ids:
-                return "subject CN differs from the recorded client id"
+                return Mismatch("subject CN differs from the recorded client id")
         elif not is_guid(cn):
-            return "subject CN is not a GUID (nor the system-assigned literal)"
+            return Mismatch("subject CN is not a GUID (nor the system-assigned literal)")
     tenants = _names(tenant_id)
     if tenants and dc.lower() not in tenants:
-        return "subject DC differs from the recorded tenant"
+        return Mismatch("subject DC differs from the recorded tenant")
     return _issuer_problem(cert, issuer_cn)
 
 
-ISSUER_MISMATCH = "issuer is "
-"""How every issuer-mismatch reason starts: the client keeps such an entry (the expectation,
-``issuer=``, may be what is wrong) instead of deleting a certificate on its own say-so."""
-
-
-def _issuer_problem(cert: x509.Certificate, issuer_cn: str) -> str | None:
+def _issuer_problem(cert: x509.Certificate, issuer_cn: str) -> IssuerMismatch | None:
     """Expected vs found, so that a wrong ``issuer=`` explains itself (only on a mismatch)."""
     if issuer_matches(cert.issuer, issuer_cn):
         return None
     found = cert.issuer.rfc4514_string()
-    return f"{ISSUER_MISMATCH}{found!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
+    return IssuerMismatch(
+        f"issuer is {found!r}, expected {issuer_cn!r} (issuer= or $MSICERT_ISSUER)"
+    )
 
 
 class _Dated(Protocol):

@@ -113,13 +113,16 @@ class StoreContract:
         assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
 
-    def test_wrong_issuer_is_reported_corrupt_not_absent(self, store):
+    def test_wrong_issuer_is_reported_corrupt_not_absent_and_marked_keep(self, store):
         store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
-        with pytest.raises(CorruptEntry, match="issuer"):
+        with pytest.raises(CorruptEntry, match="issuer is .*expected 'someone-else.example'") \
+                as refused:
             store.find(Identity(), issuer_cn="someone-else.example")
+        assert refused.value.keep is True  # only the caller's expectation refuses it
 
     def test_put_refuses_certificate_of_another_client_id_and_keeps_old_entry(self, store):
         good = store.put(UAMI, self.new_entry(store, cn=UAMI.value), issuer_cn=ISSUER_CN)
-        with pytest.raises(CorruptEntry, match="another client id"):
+        with pytest.raises(CorruptEntry, match="another client id") as refused:
             store.put(UAMI, self.new_entry(store, cn=CLIENT, key_no=1), issuer_cn=ISSUER_CN)
+        assert refused.value.keep is False
         assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == good.x5t_s256

@@ -205,12 +205,12 @@ def test_vetted_names_mismatch_never_accepts_what_identity_mismatch_refuses():
                         assert full is None, (subject, issuer, identity, issuer_cn)
                     elif full is None:  # only a needle spanning attributes may differ
                         assert "=" in issuer_cn, (subject, issuer, identity, issuer_cn)
-                    elif quick.startswith(_policy.ISSUER_MISMATCH):
+                    elif isinstance(quick, _policy.IssuerMismatch):
                         # The quick path only says "no"; the full check words the refusal
                         # (issuer found vs expected) when the store falls back to it.
-                        assert full.startswith(_policy.ISSUER_MISMATCH), (quick, full)
+                        assert isinstance(full, _policy.IssuerMismatch), (quick, full)
                     else:
-                        assert quick == full
+                        assert quick == full and type(quick) is type(full) is _policy.Mismatch
 
 
 # --- the store: quick path and thorough path agree ----------------------------------------

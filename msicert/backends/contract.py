@@ -21,6 +21,7 @@ from .._secret import Secret
 if TYPE_CHECKING:
     import ssl
 
+    from .._policy import Mismatch
     from ..wire._imds import PlatformMetadata
 
 __all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response",
@@ -28,12 +29,22 @@ __all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response"
 
 
 class CorruptEntry(StoreError):
-    """An entry exists but cannot be used as it is (reported, never treated as absent)."""
+    """An entry exists but cannot be used as it is (reported, never treated as absent).
 
-    def __init__(self, reason: str, *, location: str = "") -> None:
+    ``keep``: the entry may be sound, and only what this caller expects refuses it (an
+    :class:`~msicert._policy.IssuerMismatch`): the client keeps it instead of deleting it.
+    """
+
+    def __init__(self, reason: str, *, location: str = "", keep: bool = False) -> None:
         super().__init__(f"corrupt store entry{' ' + location if location else ''}: {reason}")
         self.reason = reason
         self.location = location
+        self.keep = keep
+
+    @classmethod
+    def refusing(cls, why: Mismatch, *, location: str = "") -> CorruptEntry:
+        """The entry does not belong to the identity, for the reason ``why``."""
+        return cls(why, location=location, keep=why.expectation_only)
 
 
 class StaleCertificate(MsiCertError):

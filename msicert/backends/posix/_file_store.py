@@ -473,7 +473,7 @@ class FileStore:
                 cert, identity, issuer_cn=issuer_cn, subject_vetted=vetted
             )
             if why:
-                raise CorruptEntry(why, location=location)
+                raise CorruptEntry.refusing(why, location=location)
             self._check_key(entry, key_block, location)
             with _verified_lock:
                 _verified.add(marker)

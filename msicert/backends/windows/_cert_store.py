@@ -268,7 +268,8 @@ class WindowsStore:
             try:
                 self._judge(slot, identity, issuer_cn)
             except CorruptEntry as exc:
-                slot.problem = CorruptEntry(exc.reason, location=self.description)
+                slot.problem = CorruptEntry(exc.reason, location=self.description,
+                                            keep=exc.keep)
         return slots
 
     def _judge(self, slot: _Slot, identity: Identity, issuer_cn: str) -> None:
@@ -289,7 +290,7 @@ class WindowsStore:
         slot.subject_ours = True
         why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
         if why:
-            raise CorruptEntry(why)
+            raise CorruptEntry.refusing(why)
         slot.issuer_ok = True
         info = slot.info = msicert_native.get_key_prov_info(slot.ref)
         if info is None:
@@ -380,7 +381,7 @@ class WindowsStore:
             raise CorruptEntry("unparsable certificate", location=self.description) from exc
         why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
         if why:
-            raise CorruptEntry(why, location=self.description)
+            raise CorruptEntry.refusing(why, location=self.description)
         new_x5t = x5t_s256(entry.der)
         with self._open() as store:
             try:
