@@ -506,8 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _Parser.json_errors = "--json" in argv
     args = _parser().parse_args(argv)
-    shown = 40 if args.quiet else 10 if args.verbose > 1 else 20  # ERROR, DEBUG, INFO
-    _lazylog.on_first_use(lambda: _setup_logging(args), level=shown)
+    # Configured just before the first record that can show (ERROR with -q, else INFO), so
+    # a command that logs nothing never imports logging. -v shows everything: configured
+    # now, since msicert_native (below msicert) logs through a plain logging logger.
+    _lazylog.on_first_use(lambda: _setup_logging(args), level=40 if args.quiet else 20)
+    if args.verbose:
+        _lazylog.activate()
     commands = {
         "cert": _cmd_cert, "status": _cmd_status, "token": _cmd_token, "purge": _cmd_purge,
         "probe": _cmd_probe, "emulator": _cmd_emulator, "demo": _cmd_demo,

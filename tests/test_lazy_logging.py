@@ -118,3 +118,18 @@ def test_a_first_use_hook_runs_once_before_the_first_record_it_can_show():
     assert lines[0] == "after debug False 0"
     assert sorted(lines[1:3]) == ["INFO info-0", "INFO info-1"]
     assert lines[3:] == ["runs 1 late 1"]
+
+
+def test_verbose_cli_shows_records_of_plain_logging_loggers_before_any_of_its_own(tmp_path):
+    """msicert_native (below msicert) logs through ``logging.getLogger("msicert")`` directly:
+    with -v the handler is there before msicert's own first record."""
+    proc = _python("""
+        import logging, sys
+        from msicert._cli import main
+        rc = main(["status", "--store-dir", sys.argv[1], "-vv"])  # logs nothing of its own
+        logging.getLogger("msicert").debug("a plain-logging record")
+        print(rc, file=sys.stderr)
+    """, str(tmp_path / "absent"))
+    lines = proc.stderr.splitlines()
+    assert lines[-1] == "1"  # status of an absent identity
+    assert any(line.endswith("msicert DEBUG a plain-logging record") for line in lines), lines
