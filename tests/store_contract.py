@@ -115,7 +115,7 @@ class StoreContract:
 
     def test_wrong_issuer_is_reported_corrupt_not_absent_and_marked_keep(self, store):
         store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
-        with pytest.raises(CorruptEntry, match="issuer is .*expected 'someone-else.example'") \
+        with pytest.raises(CorruptEntry, match=r"issuer is .*expected 'someone-else\.example'") \
                 as refused:
             store.find(Identity(), issuer_cn="someone-else.example")
         assert refused.value.keep is True  # only the caller's expectation refuses it
