@@ -133,3 +133,32 @@ def test_verbose_cli_shows_records_of_plain_logging_loggers_before_any_of_its_ow
     lines = proc.stderr.splitlines()
     assert lines[-1] == "1"  # status of an absent identity
     assert any(line.endswith("msicert DEBUG a plain-logging record") for line in lines), lines
+
+
+_HELP = """
+    import argparse, contextlib, io, sys
+    from msicert import _cli
+    if sys.argv[1] == "stock":
+        _cli._Formatter = argparse.HelpFormatter  # argparse's own width (via shutil)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        _cli.main(["cert", "--help"])
+    print(out.getvalue(), end="")
+    print("shutil" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("columns", ["50", "120", None, "junk"])
+def test_help_is_laid_out_exactly_as_stock_argparse_without_importing_shutil(columns, monkeypatch):
+    """argparse's width comes from $COLUMNS, else the terminal, else 80 (stdout is a pipe
+    here), as ``shutil.get_terminal_size`` gives it: the help text is byte for byte argparse's
+    own, and shutil is never imported."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    ours, stock = _python(_HELP, "ours"), _python(_HELP, "stock")
+    assert ours.returncode == stock.returncode == 0, (ours.stderr, stock.stderr)
+    assert ours.stdout == stock.stdout
+    assert "--client-id" in ours.stdout
+    assert (ours.stderr, stock.stderr) == ("False\n", "True\n")
