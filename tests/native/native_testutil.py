@@ -7,9 +7,7 @@ import ctypes
 import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -28,9 +26,6 @@ def is_windows() -> bool:
     return sys.platform == "win32"
 
 
-T = TypeVar("T")
-
-
 @functools.cache
 def is_wine() -> bool:
     """True when this Windows process runs under Wine (ntdll exports wine_get_version)."""
@@ -46,23 +41,6 @@ def read_cdefs() -> str:
 
 
 needs_windows = pytest.mark.skipif(not is_windows(), reason=NEEDS_WINDOWS_REASON)
-
-
-def mtls_under_wine(call: Callable[[], T]) -> T:
-    """Run a WinHTTP mTLS ``call``; under Wine only, once more after ERROR_WINHTTP_SECURE_CHANNEL.
-
-    Wine's SChannel (GnuTLS) sporadically fails our client signature with a CAPI key ("GnuTLS
-    error: Public key signing has failed" on stderr, winerror 12157), about one handshake in
-    ten in this tier. Real Windows gets no second try: a failure there is a failure.
-    """
-    import msicert_native
-
-    try:
-        return call()
-    except msicert_native.NativeError as exc:
-        if not (is_wine() and exc.winerror == 12157):
-            raise
-    return call()
 
 
 def skip_on_wine(reason: str) -> pytest.MarkDecorator:

@@ -1,7 +1,8 @@
-"""Write the Wine tier's TLS material: test CA, server cert/key (PEM), client PFX (3DES/SHA1).
+"""Write the Wine tier's TLS material: test CA, server cert/key (PEM), client PFXs (3DES/SHA1).
 
-Usage: python3 make_tls_fixtures.py OUT_DIR. The PFX uses the legacy PKCS#12 algorithms that
-every CryptoAPI implementation (Wine's included) imports; password "msicert".
+Usage: python3 make_tls_fixtures.py OUT_DIR. The PFXs (client.pfx and its spares) use the
+legacy PKCS#12 algorithms that every CryptoAPI implementation (Wine's included) imports;
+password "msicert".
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def _cert(subject: str, issuer: str, key, issuer_key, *, ca: bool, eku=None, san
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+SPARE_CLIENT_KEYS = 3
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
@@ -55,15 +59,6 @@ def main(out: Path) -> None:
         eku=[ExtendedKeyUsageOID.SERVER_AUTH],
         san=[x509.DNSName("localhost")],
     )
-    client_key = rsa.generate_private_key(65537, 2048)
-    client = _cert(
-        "msicert-test-client",
-        "msicert-test-ca",
-        client_key,
-        ca_key,
-        ca=False,
-        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
     (out / "ca.pem").write_bytes(ca.public_bytes(pem))
     (out / "server.pem").write_bytes(server.public_bytes(pem))
     (out / "server.key").write_bytes(
@@ -78,9 +73,23 @@ def main(out: Path) -> None:
         .hmac_hash(hashes.SHA1())
         .build(b"msicert")
     )
-    (out / "client.pfx").write_bytes(
-        pkcs12.serialize_key_and_certificates(b"client", client_key, client, None, encryption)
-    )
+    # client.pfx, plus spares with their own keys: Wine's SChannel (GnuTLS) fails to sign with
+    # about one imported CAPI key in ten, on every try with that key, so a Wine-tier test that
+    # hits it moves on to a spare (tests/native/test_windows_winhttp.py). Real Windows uses
+    # client.pfx only.
+    for name in ("client.pfx", *(f"client-spare-{i}.pfx" for i in range(1, SPARE_CLIENT_KEYS + 1))):
+        client_key = rsa.generate_private_key(65537, 2048)
+        client = _cert(
+            "msicert-test-client",
+            "msicert-test-ca",
+            client_key,
+            ca_key,
+            ca=False,
+            eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        )
+        (out / name).write_bytes(
+            pkcs12.serialize_key_and_certificates(b"client", client_key, client, None, encryption)
+        )
 
 
 if __name__ == "__main__":
