@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import ClassVar, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -283,8 +283,6 @@ class Mismatch(str):
     """Why a certificate does not belong to an identity (the text is the reason)."""
 
     __slots__ = ()
-    expectation_only: ClassVar[bool] = False
-    """True when only the caller's expectation refuses it (see :class:`IssuerMismatch`)."""
 
 
 class IssuerMismatch(Mismatch):
@@ -293,7 +291,6 @@ class IssuerMismatch(Mismatch):
     rather than deleted on the caller's say-so."""
 
     __slots__ = ()
-    expectation_only = True
 
 
 def _single_value(values: list[tuple[bytes, str]], oid: bytes) -> str | None:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._errors import MsiCertError, StoreError
 from .._identity import Identity
 from .._model import BindingCertificate
+from .._policy import IssuerMismatch, Mismatch
 from .._secret import Secret
 
 if TYPE_CHECKING:
     import ssl
 
-    from .._policy import Mismatch
     from ..wire._imds import PlatformMetadata
 
 __all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response",
@@ -44,7 +44,7 @@ class CorruptEntry(StoreError):
     @classmethod
     def refusing(cls, why: Mismatch, *, location: str = "") -> CorruptEntry:
         """The entry does not belong to the identity, for the reason ``why``."""
-        return cls(why, location=location, keep=why.expectation_only)
+        return cls(why, location=location, keep=isinstance(why, IssuerMismatch))
 
 
 class StaleCertificate(MsiCertError):
