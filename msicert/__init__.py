@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._backoff import Backoff, BackoffActive
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
@@ -29,6 +30,8 @@ __all__ = [
     "AccessToken",
     "AttestationError",
     "AttestationRequiredError",
+    "Backoff",
+    "BackoffActive",
     "BindingCertificate",
     "Identity",
     "ImdsError",

@@ -10,7 +10,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _policy
+from . import _correlation, _fork, _policy
+from ._backoff import DEFAULT_BACKOFF, Backoff, MintGate, gate_for
 from ._errors import (
     AttestationRequiredError,
     ImdsError,
@@ -29,6 +30,7 @@ from .backends.contract import CorruptEntry, Store
 
 if TYPE_CHECKING:
     import ssl
+    import weakref
 
     import urllib3
 
@@ -44,6 +46,10 @@ __all__ = ["ManagedIdentityClient"]
 log = LazyLogger("msicert")
 
 ENV_ISSUER = "MSICERT_ISSUER"
+ATTESTATION_MARKER_SECONDS = 3600.0
+"""How long other processes skip minting after IMDS said this host issues only to attested
+keys (this process: for its whole life)."""
+_USABLE = (State.FRESH, State.RENEW)
 MINT_OVERHEAD = 30.0
 """Seconds a mint may spend outside IMDS (key generation, CSR, attestation, store write): a
 lock waiter allows the holder its IMDS budget plus this."""
@@ -60,6 +66,15 @@ def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: f
     tries = 1 + max(policy.retries, policy.gone_retries)
     waits = policy.max_total_wait
     return 2 * (tries * (connect_timeout + read_timeout) + waits * policy.scale)
+
+
+_live: weakref.WeakSet[ManagedIdentityClient] | None = None  # clients with pools (fork)
+
+
+@_fork.in_child
+def _reset_clients() -> None:
+    for client in list(_live or ()):
+        client._after_fork_in_child()
 
 
 class _Unset(enum.Enum):
@@ -144,9 +159,12 @@ class ManagedIdentityClient:
     default, or ``"local-machine"`` for services); ``store`` is a ready
     :class:`~msicert.backends.contract.Store` instead (one of the three at most: two of them
     is a ValueError naming both). ``imds_endpoint`` is the IMDS base
-    (default: the environment, then ``http://169.254.169.254``); ``issuer`` the expected
-    issuer CN (default: ``$MSICERT_ISSUER``, then
-    ``managedidentitysnissuer.login.microsoft.com``). ``clock`` returns POSIX seconds.
+    (default: the environment, then ``http://169.254.169.254``). ``issuer`` (default:
+    ``$MSICERT_ISSUER``) is a fragment the certificate's issuer must contain, checked at mint
+    and at every lookup; without it msicert accepts the issuer IMDS issued under and later
+    matches lookups against the one it recorded (an entry another library wrote, which
+    records none, must carry ``managedidentitysnissuer.login.microsoft.com``). ``clock``
+    returns POSIX seconds.
     ``imds_timeouts`` (a :class:`~msicert.Timeouts`, default ``Timeouts(connect=2, read=10,
     total=None)``): ``connect``/``read`` bound each IMDS request; ``total`` bounds all the IMDS
     work of one call, retries included. Without ``total`` the IMDS work of a mint is bounded by
@@ -159,6 +177,15 @@ class ManagedIdentityClient:
     request as a whole, however slowly ESTS trickles its answer. The keywords they replace
     (``connect_timeout``, ``read_timeout``, ``deadline``, ``ests_connect_timeout``,
     ``ests_read_timeout``, ``ests_total_timeout``) still work, with a DeprecationWarning.
+
+    ``mint_backoff`` (a :class:`~msicert.Backoff`, default 1 s doubling to 5 min, jittered):
+    after a failed mint, or a new certificate that ESTS refused, the identity's mints pause;
+    a call that would mint inside the pause fails at once with the error that started it. All
+    clients of the identity in this process share the pause, and so do other processes,
+    through a marker beside the store's lock (POSIX stores). A valid certificate is served
+    throughout. ``remediation_timeout`` (default 120 s) bounds one token call that ESTS keeps
+    answering ``invalid_client`` (revocation): msicert mints with ``bypass_cache=true`` and
+    retries, with growing pauses, until ESTS accepts or the time is up.
 
     Waiting for another thread or process that holds the identity's lock lasts
     :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
@@ -183,8 +210,9 @@ class ManagedIdentityClient:
         imds_timeouts: Timeouts | None = None,
         ests_timeouts: Timeouts | None = None,
         lock_timeout: float | None = None,
-        renewal_backoff: float = 30.0,
+        mint_backoff: Backoff = DEFAULT_BACKOFF,
         renewal_deadline: float = 10.0,
+        remediation_timeout: float = 120.0,
         # deprecated: the fields of imds_timeouts / ests_timeouts
         connect_timeout: float | _Unset = _UNSET,
         read_timeout: float | _Unset = _UNSET,
@@ -214,12 +242,15 @@ class ManagedIdentityClient:
                                             DEFAULT_ESTS_TIMEOUTS, legacy)
         check_seconds("lock_timeout", lock_timeout)
         check_seconds("renewal_deadline", renewal_deadline)
-        check_seconds("renewal_backoff", renewal_backoff, zero_ok=True)
+        check_seconds("remediation_timeout", remediation_timeout)
+        if not isinstance(mint_backoff, Backoff):
+            raise TypeError("mint_backoff must be a msicert.Backoff")
         if store is not None and (store_dir is not None or store_location is not None):
             other = "store_dir" if store_dir is not None else "store_location"
             raise ValueError(f"give store= or {other}=, not both: a Store object already "
                              "knows where its entries live")
-        self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
+        #: The issuer fragment every certificate must carry, or None: what IMDS issued.
+        self.issuer_cn: str | None = issuer or os.environ.get(ENV_ISSUER) or None
         self._store = store if store is not None else default_store(store_dir, store_location)
         self._imds_endpoint = imds_endpoint
         self._retry = retry
@@ -228,14 +259,17 @@ class ManagedIdentityClient:
         self._lock_timeout = lock_timeout
         self._retry_policy: RetryPolicy | None = None
         self._busy_since: float | None = None  # when renewal first found the lock busy
-        self._renewal_backoff = renewal_backoff
+        self._backoff = mint_backoff
         self._renewal_deadline = renewal_deadline
+        # (since, until): no renewal attempt, after a mint that arrived past renew_after
+        self._renew_pause = (0.0, 0.0)
+        self.remediation_timeout = remediation_timeout
         self._cert: BindingCertificate | None = None
         self._memory_view: BindingCertificate | None = None
-        self._renew_not_before = 0.0
         self._sleep = sleep
         self._token_manager: TokenManager | None = None
         self._token_manager_lock = threading.Lock()  # one manager (one token cache) per client
+        self._gate: MintGate = gate_for(f"{self._store.description}\0{self.identity.alias}")
 
     @property
     def store(self) -> Store:
@@ -260,7 +294,8 @@ class ManagedIdentityClient:
         StoreError when the store cannot be used.
         """
         view = self._memory_view
-        if view is not None and view.not_before_ts <= self._clock() < view.renew_after_ts:
+        if view is not None and view.not_before_ts - _policy.CLOCK_LAG <= self._clock() \
+                < view.renew_after_ts:
             return view
         return self._get_slow()
 
@@ -288,8 +323,14 @@ class ManagedIdentityClient:
         self._cert = cert
         self._memory_view = cert.with_source("memory")
 
-    def forget(self) -> None:
-        """Drop the in-memory certificate (the store keeps it); the next call re-reads."""
+    def forget(self, x5t_s256: str | None = None) -> None:
+        """Drop the in-memory certificate (the store keeps it); the next call re-reads.
+
+        With ``x5t_s256``, only while memory still holds that certificate (another thread
+        may have moved on to a newer one meanwhile).
+        """
+        if x5t_s256 is not None and (self._cert is None or self._cert.x5t_s256 != x5t_s256):
+            return
         self._memory_view = None
         self._cert = None
 
@@ -304,11 +345,36 @@ class ManagedIdentityClient:
             log.debug("no stored certificate for %s", self.identity.alias)
             return None
         st = entry.state(now)
-        if st in (State.FRESH, State.RENEW):
+        if st in _USABLE:
             log.debug("using stored certificate %s for %s", entry.x5t_s256, self.identity.alias)
             return entry
         log.info("stored certificate %s for %s is %s", entry.x5t_s256, self.identity.alias,
                  st.value)
+        return None
+
+    def _find_locked(self, now: float) -> BindingCertificate | None:
+        """With the lock held: the stored entry if usable. A corrupt entry is removed (one the
+        caller's issuer expectation refuses is kept), an expired one too."""
+        try:
+            entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
+        except CorruptEntry as exc:
+            if exc.keep:
+                # Our expectation may be what is wrong: keep the entry; a new certificate
+                # replaces it only if it passes the same check.
+                log.warning("keeping store entry for %s: %s", self.identity.alias, exc.reason)
+            else:
+                log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
+                            exc.reason)
+                self._store.remove(self.identity)
+            return None
+        if entry is None:
+            return None
+        st = entry.state(now)
+        if st in _USABLE:
+            return entry
+        if st is State.EXPIRED:
+            log.info("removing expired certificate %s", entry.x5t_s256)
+            self._store.remove(self.identity, entry.x5t_s256)
         return None
 
     # --- minting -----------------------------------------------------------------------------
@@ -317,48 +383,61 @@ class ManagedIdentityClient:
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             now = self._clock()
             cur = self._cert
-            if cur is not None and cur.state(now) in (State.FRESH, State.RENEW):
+            if cur is not None and cur.state(now) in _USABLE:
                 return self._memory_view or cur  # another thread of this client minted it
-            try:
-                entry = self._store.find(self.identity, issuer_cn=self.issuer_cn)
-            except CorruptEntry as exc:
-                entry = None
-                if exc.keep:
-                    # Our expectation may be what is wrong: keep the entry; a new certificate
-                    # replaces it only if it passes the same check.
-                    log.warning("keeping store entry for %s: %s", self.identity.alias, exc.reason)
-                else:
-                    log.warning("removing corrupt store entry for %s: %s", self.identity.alias,
-                                exc.reason)
-                    self._store.remove(self.identity)
+            entry = self._find_locked(now)
             if entry is not None:
-                st = entry.state(now)
-                if st in (State.FRESH, State.RENEW):
-                    self._remember(entry)  # another process minted while we waited
-                    return entry
-                if st is State.EXPIRED:
-                    log.info("removing expired certificate %s", entry.x5t_s256)
-                    self._store.remove(self.identity, entry.x5t_s256)
+                self._remember(entry)  # another process minted while we waited
+                return entry
+            self._gate_check(now)
             return self._mint_locked()
 
-    def _renew(self, cur: BindingCertificate, serve: BindingCertificate) -> BindingCertificate:
+    def _replace(
+        self, rejected: str, *, why: str, deadline: float | None = None, gated: bool = True
+    ) -> BindingCertificate:
+        """A usable certificate other than ``rejected`` (which ESTS or a resource refused):
+        one another thread or process put in place meanwhile, else a new mint that asks IMDS
+        for a fresh certificate (``bypass_cache=true``). ``rejected`` stays until the new one
+        is stored (a failed mint loses nothing). ``gated``: a back-off window fails the call
+        instead of minting (the remediation loop's later rounds have their own spacing)."""
+        with self._store.lock(self.identity, timeout=self.lock_wait).hold():
+            now = self._clock()
+            cur = self._cert
+            if cur is not None and cur.x5t_s256 != rejected and cur.state(now) in _USABLE:
+                return self._memory_view or cur
+            entry = self._find_locked(now)
+            if entry is not None and entry.x5t_s256 != rejected:
+                self._remember(entry)
+                return entry
+            if gated:
+                self._gate_check(now)
+            log.info("minting a new certificate for %s: %s", self.identity.alias, why)
+            new = self._mint_locked(bypass_cache=True, deadline=deadline)
+            if rejected and self._store.remove(self.identity, rejected):
+                log.info("removed refused certificate %s", rejected)
+            return new
+
+    def _renew(self, cur: BindingCertificate, serve: BindingCertificate, *,
+               wait: bool = False) -> BindingCertificate:
         """Past renew_after but usable: renew now unless someone else is; never fail the caller.
 
         While ``cur`` is usable, no Exception from the renewal reaches the caller, whatever
         raised it (lock, store, IMDS, key generation, CSR encoding, CNG): it is logged at
         WARNING with its type and the back-off applies. KeyboardInterrupt and SystemExit are
-        not Exceptions and still propagate.
+        not Exceptions and still propagate. ``wait``: wait for the lock (a renewal another
+        thread or process is making) instead of serving ``serve`` at once.
         """
         now = self._clock()
-        if now < self._renew_not_before:
+        paused = self._renew_pause
+        if self._gate.active(now) or paused[0] <= now < paused[1]:
             return serve
         try:
-            return self._try_renew(cur, serve, now)
+            return self._try_renew(cur, serve, now, wait=wait)
         except Exception as exc:
             later = self._clock()
-            if cur.state(later) not in (State.FRESH, State.RENEW):
+            if cur.state(later) not in _USABLE:
                 raise  # it expired while the renewal was failing: nothing usable is left
-            self._back_off(cur, later)
+            self._mint_failed(exc, later, cap=max(0.0, (cur.not_after_ts - later) / 8))
             log.warning(
                 "renewal of certificate %s failed; keeping it (valid until %s): %s",
                 cur.x5t_s256, cur.not_after.isoformat(), _describe(exc),
@@ -366,10 +445,10 @@ class ManagedIdentityClient:
             return serve
 
     def _try_renew(
-        self, cur: BindingCertificate, serve: BindingCertificate, now: float
+        self, cur: BindingCertificate, serve: BindingCertificate, now: float, *, wait: bool
     ) -> BindingCertificate:
         with self._store.lock(self.identity, timeout=self.lock_wait).hold(
-            blocking=False
+            blocking=wait
         ) as held:
             if not held:
                 self._lock_busy(now)
@@ -383,9 +462,24 @@ class ManagedIdentityClient:
                     and entry.state(now) is State.FRESH):
                 self._remember(entry)
                 return entry
+            if self._gate.active(now, self._store.read_note(self.identity, "backoff")):
+                return serve  # another process's mint failed a moment ago
             log.info("renewing certificate %s for %s (renew_after %s)", cur.x5t_s256,
                      self.identity.alias, cur.renew_after.isoformat())
             return self._mint_locked(renewal=True)
+
+    def _binding_certificate(self) -> BindingCertificate:
+        """The certificate to bind a new token to. One with less than a day left whose
+        renewal is due is renewed first, waiting for a renewal in progress elsewhere, unless
+        the back-off holds (then the valid one is used: a token never outlives it anyway)."""
+        cert = self.get_certificate()
+        now = self._clock()
+        if (cert.not_after_ts - now >= _policy.MIN_BINDING_LIFETIME
+                or cert.state(now) is not State.RENEW):
+            return cert
+        log.info("certificate %s has less than a day left; renewing it before binding a "
+                 "token", cert.x5t_s256)
+        return self._renew(self._cert or cert, cert, wait=True)
 
     def _lock_busy(self, now: float) -> None:
         """Someone else holds the lock: normal while they renew, an error once that has lasted
@@ -400,11 +494,34 @@ class ManagedIdentityClient:
                 f"for more than {self.lock_wait:.0f} s, longer than any mint can take"
             )
 
-    def _back_off(self, cert: BindingCertificate, now: float) -> None:
-        """No renewal attempt before min(renewal_backoff, an eighth of what is left)."""
-        self._renew_not_before = now + min(
-            self._renewal_backoff, max(0.0, (cert.not_after_ts - now) / 8)
-        )
+    # --- back-off ----------------------------------------------------------------------------
+    def _gate_check(self, now: float) -> None:
+        """Raise the error that opened the identity's back-off window, if one is open here or
+        in another process (the store's marker)."""
+        self._gate.check(now, self._store.read_note(self.identity, "backoff"))
+
+    def _refused_recently(self, x5t_s256: str) -> bool:
+        """True while ESTS's refusal of certificate ``x5t_s256`` keeps mints paused."""
+        return self._gate.refuses(x5t_s256, self._clock())
+
+    def _mint_failed(self, exc: BaseException, now: float, *, cap: float | None = None) -> None:
+        """Open the back-off window after a failed mint (and tell other processes)."""
+        sticky = isinstance(exc, AttestationRequiredError)
+        marker = self._gate.failed(
+            exc, now, self._backoff, kind="mint", cap=cap, for_process=sticky,
+            marker_for=ATTESTATION_MARKER_SECONDS if sticky else None)
+        self._store.write_note(self.identity, "backoff", marker)
+
+    def _certificate_refused(self, cert: BindingCertificate, exc: BaseException) -> None:
+        """ESTS keeps refusing ``cert``, a fresh one: the next calls fail fast, no mint."""
+        now = self._clock()
+        marker = self._gate.failed(exc, now, self._backoff, kind="rejected",
+                                   rejected=cert.x5t_s256)
+        self._store.write_note(self.identity, "backoff", marker)
+
+    def _token_succeeded(self) -> None:
+        if self._gate.succeeded("token"):
+            self._store.write_note(self.identity, "backoff", None)
 
     def _imds(self) -> ImdsClient:
         if self._imds_client is None:
@@ -414,6 +531,7 @@ class ManagedIdentityClient:
                 self._imds_endpoint, connect_timeout=self._imds_timeouts.connect,
                 read_timeout=self._imds_timeouts.read, retry=self._policy(), sleep=self._sleep,
             )
+            self._track_for_fork()
         return self._imds_client
 
     def _policy(self) -> RetryPolicy:
@@ -440,8 +558,14 @@ class ManagedIdentityClient:
         derived = self.mint_budget + MINT_OVERHEAD
         return derived if self._lock_timeout is None else max(derived, self._lock_timeout)
 
-    def _mint_locked(self, *, renewal: bool = False) -> BindingCertificate:
-        """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write."""
+    def _mint_locked(
+        self, *, renewal: bool = False, bypass_cache: bool = False, deadline: float | None = None
+    ) -> BindingCertificate:
+        """getplatformmetadata, key, CSR, issuecredential, checks, atomic store write.
+
+        A failure opens the back-off window (a renewal's caller does that, with its cap).
+        ``deadline`` (``time.monotonic()``) bounds the IMDS work further.
+        """
         imds = self._imds()
         # Always bounded, so that lock waiters (who allow mint_budget + MINT_OVERHEAD) never
         # give up on a holder that could still succeed.
@@ -449,23 +573,35 @@ class ManagedIdentityClient:
         if renewal:
             budget = min(budget, self._renewal_deadline)
         until = time.monotonic() + budget
-        meta = imds.get_platform_metadata(self.identity, deadline=until)
-        key = self._store.generate_key(self.identity)
+        if deadline is not None:
+            until = min(until, deadline)
+        cid = _correlation.current()
         try:
-            minted, probe = self._issue(imds, meta, key, until)
-            stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
-        except BaseException:
-            key.discard()
+            meta = imds.get_platform_metadata(self.identity, deadline=until, correlation_id=cid)
+            key = self._store.generate_key(self.identity)
+            try:
+                minted, probe = self._issue(imds, meta, key, until, bypass_cache, cid)
+                stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)
+            except BaseException:
+                key.discard()
+                raise
+        except Exception as exc:
+            if not renewal:
+                self._mint_failed(exc, self._clock())
             raise
         key.close()
+        if self._gate.succeeded("mint"):
+            self._store.write_note(self.identity, "backoff", None)
         result = stored.with_source("imds")
         self._remember(result)
         now = self._clock()
         if probe.state(now) is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.
-            self._back_off(probe, now)
-        log.info("minted certificate %s for %s (not_after %s)", result.x5t_s256,
-                 self.identity.alias, result.not_after.isoformat())
+            self._renew_pause = (now, now + min(self._backoff.maximum or 30.0,
+                                                max(0.0, (probe.not_after_ts - now) / 8)))
+        log.info("minted certificate %s for %s (not_after %s, correlation_id=%s%s)",
+                 result.x5t_s256, self.identity.alias, result.not_after.isoformat(), cid,
+                 ", bypass_cache" if bypass_cache else "")
         return result
 
     # --- tokens ------------------------------------------------------------------------------
@@ -481,13 +617,18 @@ class ManagedIdentityClient:
                     self, self._store.transport(), clock=self._clock, sleep=self._sleep,
                     timeouts=self._ests_timeouts,
                 )
+                self._track_for_fork()
             return self._token_manager
 
     def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:
         """An ``mtls_pop`` access token for ``resource`` bound to the binding certificate.
 
         Served from the in-memory cache while valid (never past the certificate's NotAfter,
-        never for a rotated certificate). Raises TokenError when ESTS refuses.
+        never for a rotated certificate). ``claims`` (a resource's claims challenge, JSON)
+        first replaces the certificate with a fresh one (``bypass_cache=true``), then asks
+        ESTS with the claims; the new token replaces the cached one. ESTS answering
+        ``invalid_client`` for a revoked certificate is remediated the same way, within
+        ``remediation_timeout``. Raises TokenError when ESTS refuses.
         """
         return self._tokens().acquire(resource, claims)
 
@@ -505,14 +646,16 @@ class ManagedIdentityClient:
 
         The same certificate is presented in the TLS handshake and bound in the token.
         Returns the (preloaded) urllib3 response. ``url`` must be https (ValueError otherwise,
-        raised before any connection).
+        raised before any connection). ``timeout`` bounds the whole request, however slowly
+        the server answers.
         """
         return self._tokens().request(
             method, url, resource=resource, body=body, headers=headers, timeout=timeout
         )
 
     def _issue(
-        self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, until: float | None
+        self, imds: ImdsClient, meta: PlatformMetadata, key: KeyMaterial, until: float | None,
+        bypass_cache: bool, cid: str,
     ) -> tuple[_Minted, BindingCertificate]:
         """CSR over ``key``, issuecredential, and every check on what came back."""
         from cryptography import x509
@@ -526,7 +669,8 @@ class ManagedIdentityClient:
         )
         token = key.attestation_token(meta)
         try:
-            issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until)
+            issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until,
+                                           bypass_cache=bypass_cache, correlation_id=cid)
         except ImdsError as exc:
             from .wire._imds import is_attestation_refusal
 
@@ -539,31 +683,28 @@ class ManagedIdentityClient:
         try:
             cert = x509.load_der_x509_certificate(issued.certificate_der)
         except ValueError as exc:
-            raise ImdsResponseError("issued certificate is not DER X.509", step=step) from exc
+            raise ImdsResponseError("issued certificate is not DER X.509", step=step,
+                                    correlation_id=cid) from exc
         spki = cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         if not key.matches(spki):
-            raise ImdsResponseError("issued certificate does not carry our public key", step=step)
+            raise ImdsResponseError("issued certificate does not carry our public key",
+                                    step=step, correlation_id=cid)
         why = _policy.identity_mismatch(
             cert, self.identity, issuer_cn=self.issuer_cn,
             client_id=(meta.client_id, issued.client_id),
             tenant_id=(meta.tenant_id, issued.tenant_id),
         )
         if why:
-            raise ImdsResponseError(f"issued certificate rejected: {why}", step=step)
+            raise ImdsResponseError(f"issued certificate rejected: {why}", step=step,
+                                    correlation_id=cid)
         probe = BindingCertificate.from_der(
             issued.certificate_der, cert, identity=self.identity, client_id=issued.client_id,
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
             identity_type=issued.identity_type, source="imds", key=key.kind, store="",
         )
-        st = probe.state(self._clock())  # judged when it arrives, not when the mint began
-        if st in (State.EXPIRED, State.NOT_YET_VALID):
-            raise ImdsResponseError(
-                f"issued certificate is {st.value.replace('_', ' ')} "
-                f"(valid {probe.not_before.isoformat()} to {probe.not_after.isoformat()}); "
-                "check the system clock", step=step,
-            )
+        _check_validity(probe, self._clock(), cid)  # judged when it arrives
         minted = _Minted(
             der=issued.certificate_der, key=key, client_id=issued.client_id,
             tenant_id=issued.tenant_id, mtls_endpoint=issued.mtls_endpoint,
@@ -577,37 +718,55 @@ class ManagedIdentityClient:
         return self._store.find(self.identity, issuer_cn=self.issuer_cn)
 
     def invalidate(self, x5t_s256: str) -> None:
-        """Forget a certificate that the token leg proved unusable, in memory and store."""
-        if self._cert is not None and self._cert.x5t_s256 == x5t_s256:
-            self.forget()
+        """Forget a certificate that proved unusable, in memory and store."""
+        self.forget(x5t_s256)
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             if self._store.remove(self.identity, x5t_s256):
                 log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
 
     def purge(self) -> int:
-        """Remove this identity's certificates from memory and store; return how many went."""
+        """Remove this identity's certificates from memory and store, and end any back-off;
+        return how many entries went."""
         self.forget()
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
+            self._gate.succeeded("token")
             return self._store.purge(self.identity)
 
-    # --- bring your own HTTP client, lifecycle (kept at the end: others edit the paths above) -
+    # --- bring your own HTTP client, lifecycle ---------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
         """An ``ssl.SSLContext`` presenting the current binding certificate.
 
         Servers are verified as ``ssl.create_default_context()`` verifies them (system trust,
-        host names, TLS >= 1.2), plus ``$MSICERT_CA_BUNDLE`` when set. Repeated calls return
-        the same object until the certificate rotates; call it again per connection pool (or
-        compare ``get_certificate().x5t_s256``) to follow a rotation. Raises
-        :class:`~msicert.KeyNotExportableError` when the key cannot leave the Windows
-        certificate store: use :meth:`request` (WinHTTP) there.
+        host names, TLS >= 1.2), plus ``$MSICERT_CA_BUNDLE`` when set. It is the caller's own:
+        msicert's connections to ESTS never use it, so trusting another CA in it does not
+        change whom msicert trusts. Repeated calls return the same object until the
+        certificate rotates; a rotation another process made (or a store entry it removed) is
+        followed within the call. Raises :class:`~msicert.KeyNotExportableError` when the key
+        cannot leave the Windows certificate store: use :meth:`request` (WinHTTP) there.
         """
-        cert = self.get_certificate()
-        return self._tokens().tls.context(cert)
+        tokens = self._tokens()
+        return tokens.current(tokens.tls.context)[1]
 
     def _mtls_pool(self) -> tuple[BindingCertificate, Any]:
         """The current certificate and the pool presenting it (urllib3 or WinHTTP)."""
-        cert = self.get_certificate()
-        return cert, self._tokens().tls.pool(cert)
+        tokens = self._tokens()
+        return tokens.current(tokens.tls.pool)
+
+    def _track_for_fork(self) -> None:
+        global _live
+        if _live is None:
+            import weakref
+
+            _live = weakref.WeakSet()
+        _live.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: no connection of the parent's is ever used, no lock is held."""
+        self._token_manager_lock = threading.Lock()
+        self._imds_client = None  # its sockets are the parent's: dropped, never closed here
+        manager = self._token_manager
+        if manager is not None:
+            manager.after_fork_in_child(self._store.transport())
 
     def close(self) -> None:
         """Close the IMDS and mTLS connection pools and drop the cached TLS contexts.
@@ -627,3 +786,31 @@ class ManagedIdentityClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_validity(probe: BindingCertificate, now: float, cid: str) -> None:
+    """Refuse an issued certificate this host cannot use; accept (with one WARNING) one whose
+    NotBefore is ahead of this host's clock by at most :data:`~msicert._policy.CLOCK_LAG`."""
+    st = probe.state(now)
+    ahead = probe.not_before_ts - now
+    if st is State.NOT_YET_VALID:
+        raise ImdsResponseError(
+            f"issued certificate is not yet valid: its NotBefore "
+            f"({probe.not_before.isoformat()}) is {_span(ahead)} ahead of this host's clock, "
+            f"more than the {_span(_policy.CLOCK_LAG)} tolerated; fix the system clock (NTP)",
+            step="issuecredential", correlation_id=cid)
+    if st is State.EXPIRED:
+        raise ImdsResponseError(
+            f"issued certificate is expired by this host's clock (valid "
+            f"{probe.not_before.isoformat()} to {probe.not_after.isoformat()}); this host's "
+            "clock is probably ahead: fix the system clock (NTP)",
+            step="issuecredential", correlation_id=cid)
+    if ahead > 0:
+        log.warning("clock skew: the new certificate's NotBefore is %s ahead of this host's "
+                    "clock; accepted (up to %s is), but fix the system clock (NTP)",
+                    _span(ahead), _span(_policy.CLOCK_LAG))
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"

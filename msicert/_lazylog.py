@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _fork
+
 if TYPE_CHECKING:
     import logging
 
@@ -25,6 +27,12 @@ _hooks: list[Callable[[], None]] = []
 _active = False
 _shown = _WARNING  # the lowest level a pending hook will show
 _lock = threading.RLock()
+
+
+@_fork.in_child
+def _fresh_lock() -> None:
+    global _lock
+    _lock = threading.RLock()
 
 
 def on_first_use(hook: Callable[[], None], *, level: int = _WARNING) -> None:

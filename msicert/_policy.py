@@ -16,7 +16,9 @@ from cryptography.x509.oid import NameOID
 from ._identity import Identity, is_guid
 
 __all__ = [
+    "CLOCK_LAG",
     "DEFAULT_ISSUER_CN",
+    "MIN_BINDING_LIFETIME",
     "SYSTEM_ASSIGNED_CN",
     "IssuerMismatch",
     "Mismatch",
@@ -37,6 +39,14 @@ __all__ = [
 
 DEFAULT_ISSUER_CN = "managedidentitysnissuer.login.microsoft.com"
 _MAX_SKEW = 300.0
+CLOCK_LAG = 900.0
+"""How far NotBefore may lie ahead of this host's clock (seconds) for the certificate to be
+used: IMDS and ESTS judge validity by their own clock, so a host clock up to 15 minutes behind
+theirs must not reject, and re-mint in a loop, what they just issued."""
+MIN_BINDING_LIFETIME = 86400.0
+"""A certificate with less life than this left is renewed before a new token is bound to it,
+when renewal is due and a mint is possible (the references' 24-hour rule: MSAL.NET's
+``CertificateCacheEntry.MinRemainingLifetime``, MSAL Go's ``bindingCertRefreshWindow``)."""
 _F_MIN, _F_SPAN = 0.45, 0.05
 
 
@@ -46,7 +56,7 @@ class State(enum.Enum):
     FRESH = "fresh"  # usable, renewal not yet due
     RENEW = "renew"  # usable, past renew_after
     EXPIRED = "expired"  # now >= NotAfter - skew
-    NOT_YET_VALID = "not_yet_valid"  # now < NotBefore - skew
+    NOT_YET_VALID = "not_yet_valid"  # now < NotBefore - CLOCK_LAG
 
 
 def renew_fraction(thumbprint: bytes) -> float:
@@ -67,13 +77,13 @@ def skew(not_before: float, not_after: float) -> float:
 def state(not_before: float, not_after: float, renew_at: float, now: float) -> State:
     """Classify a certificate with validity [not_before, not_after] and ``renew_at``.
 
-    The same skew that retires a certificate early admits it early: a clock that lags IMDS's
-    by a few seconds must not reject (and re-mint in a loop) a certificate just issued.
+    Not yet valid only before NotBefore - :data:`CLOCK_LAG`: a host clock up to 15 minutes
+    behind the service's must use (not reject and re-mint) what the service just issued.
+    Expired from NotAfter - :func:`skew`, so it is retired before the service refuses it.
     """
-    margin = skew(not_before, not_after)
-    if now < not_before - margin:
+    if now < not_before - CLOCK_LAG:
         return State.NOT_YET_VALID
-    if now >= not_after - margin:
+    if now >= not_after - skew(not_before, not_after):
         return State.EXPIRED
     if now >= renew_at:
         return State.RENEW
@@ -303,7 +313,7 @@ def vetted_names_mismatch(
     issuer: list[tuple[bytes, str]],
     identity: Identity,
     *,
-    issuer_cn: str,
+    issuer_cn: str | None,
 ) -> Mismatch | None:
     """:func:`identity_mismatch` with ``subject_vetted=True``, on :func:`name_values` output.
 
@@ -316,7 +326,8 @@ def vetted_names_mismatch(
         cn = _single_value(subject, OID_CN)
         if cn is None or cn.lower() != expected.lower():
             return Mismatch("subject CN is another client id")
-    if not issuer_fragment_in((value for _, value in issuer), issuer_cn):
+    if issuer_cn is not None and not issuer_fragment_in((value for _, value in issuer),
+                                                         issuer_cn):
         return IssuerMismatch("issuer is not the expected issuer")
     return None
 
@@ -332,7 +343,7 @@ def identity_mismatch(
     cert: x509.Certificate,
     identity: Identity,
     *,
-    issuer_cn: str = DEFAULT_ISSUER_CN,
+    issuer_cn: str | None = DEFAULT_ISSUER_CN,
     client_id: str | Iterable[str] | None = None,
     tenant_id: str | Iterable[str] | None = None,
     subject_vetted: bool = False,
@@ -346,7 +357,8 @@ def identity_mismatch(
     one of ``client_id`` (getplatformmetadata's and issuecredential's, compared without case)
     when given, else any GUID; the system-assigned identity may also carry
     ``system_assigned_managed_identity``. A ``client_id`` selector fixes the CN. DC must be one
-    of ``tenant_id`` when given. The issuer must contain ``issuer_cn`` (``issuer_matches``).
+    of ``tenant_id`` when given. The issuer must contain ``issuer_cn`` (``issuer_matches``);
+    ``issuer_cn=None`` checks no issuer (what IMDS issued, or recorded at mint, is accepted).
     """
     cn = _single(cert.subject, NameOID.COMMON_NAME)
     dc = _single(cert.subject, NameOID.DOMAIN_COMPONENT)
@@ -374,9 +386,9 @@ def identity_mismatch(
     return _issuer_problem(cert, issuer_cn)
 
 
-def _issuer_problem(cert: x509.Certificate, issuer_cn: str) -> IssuerMismatch | None:
+def _issuer_problem(cert: x509.Certificate, issuer_cn: str | None) -> IssuerMismatch | None:
     """Expected vs found, so that a wrong ``issuer=`` explains itself (only on a mismatch)."""
-    if issuer_matches(cert.issuer, issuer_cn):
+    if issuer_cn is None or issuer_matches(cert.issuer, issuer_cn):
         return None
     found = cert.issuer.rfc4514_string()
     return IssuerMismatch(

@@ -1,4 +1,5 @@
-"""Token leg for a client: per-certificate mTLS pools, the token cache, evict-and-retry."""
+"""Token leg for a client: per-certificate mTLS pools, the token cache, and what each refusal
+by ESTS calls for (revocation remediation, a claims challenge, a TLS alert)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from ._errors import TokenError
+from . import _correlation
+from ._backoff import Backoff
+from ._errors import StoreError, TokenError
 from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
@@ -22,11 +25,16 @@ from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token,
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["MAX_CACHED", "CertificateSource", "TokenManager"]
+__all__ = ["MAX_CACHED", "MAX_RESPONSE", "CertificateSource", "TokenManager"]
 
 log = LazyLogger("msicert")
+T = TypeVar("T")
 _EXPIRY_MARGIN = 300.0
 MAX_CACHED = 256  # token cache entries (resources); a service talks to a handful
+_STALE_TRIES = 3  # store entry replaced under us again and again: then it is an error
+# Pauses between revocation remediation rounds (after the first, which starts at once).
+_REMEDIATION_BACKOFF = Backoff(initial=1.0, maximum=30.0)
+_REFRESH_REMEDIATION = 10.0  # a refresh serves a good cached token: it waits this long at most
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,15 @@ class _Cached:
 
 
 class _Slot:
-    """One cache key: the lock that makes its fetch single-flight, and its cached token."""
+    """One cache key: the lock that makes its fetch single-flight, its cached token, and the
+    last claims challenge it answered (claims, when, the token)."""
 
-    __slots__ = ("cached", "lock")
+    __slots__ = ("cached", "claims_done", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cached: _Cached | None = None
+        self.claims_done: tuple[str, float, AccessToken] | None = None
 
 
 # --- what a failed TLS/transport attempt means -----------------------------------------------
@@ -135,17 +145,36 @@ def _scrub(exc: BaseException) -> None:
 
 
 class CertificateSource(Protocol):
-    """What the token leg needs of a client: the current certificate, and two ways to drop
-    it (``ManagedIdentityClient`` is one)."""
+    """What the token leg needs of a client (``ManagedIdentityClient`` is one): the current
+    certificate, and ways to drop, renew or replace it."""
+
+    remediation_timeout: float
 
     def get_certificate(self) -> BindingCertificate:
         """A usable binding certificate (memory, store, or a new mint)."""
 
-    def forget(self) -> None:
-        """Drop the in-memory certificate; the next call reads the store again."""
+    def forget(self, x5t_s256: str | None = None) -> None:
+        """Drop the in-memory certificate (only ``x5t_s256``, when given)."""
 
-    def invalidate(self, x5t_s256: str) -> None:
-        """Forget the certificate and remove it from the store (the service refused it)."""
+    def _binding_certificate(self) -> BindingCertificate:
+        """The certificate a new token is bound to (renewed first when less than a day is
+        left and renewal is due)."""
+
+    def _replace(self, rejected: str, *, why: str, deadline: float | None = None,
+                 gated: bool = True) -> BindingCertificate:
+        """A usable certificate other than ``rejected``: someone else's, or a fresh mint."""
+
+    def _gate_check(self, now: float) -> None:
+        """Raise the error of an open back-off window."""
+
+    def _refused_recently(self, x5t_s256: str) -> bool:
+        """True while ESTS's refusal of that certificate is inside its back-off window."""
+
+    def _certificate_refused(self, cert: BindingCertificate, exc: BaseException) -> None:
+        """ESTS kept refusing ``cert`` although it was fresh: open the back-off window."""
+
+    def _token_succeeded(self) -> None:
+        """ESTS accepted a certificate: close a window its refusal opened."""
 
 
 class TokenManager:
@@ -182,11 +211,18 @@ class TokenManager:
         self._scopes: dict[str, str] = {}
 
     def acquire(self, resource: str, claims: str | None = None) -> AccessToken:
-        """A token for ``resource`` bound to the current certificate (cached when possible)."""
+        """A token for ``resource`` bound to the current certificate (cached when possible).
+
+        With ``claims``, the certificate the cached token is bound to is replaced first (one
+        mint with ``bypass_cache=true``; concurrent calls with the same claims share it) and
+        the new token replaces the cached one.
+        """
+        if claims:
+            return self._acquire_with_claims(resource, claims)
         cert = self._client.get_certificate()
         key = self._scopes.get(resource) or self._scope(resource)
         slot = self._slots.get(key)  # lock-free hit path: a dict read is atomic
-        hit = None if claims or slot is None else slot.cached
+        hit = None if slot is None else slot.cached
         if hit is not None and slot is not None and hit.x5t_s256 == cert.x5t_s256:
             now = self._clock()
             if now < hit.refresh_on:
@@ -195,13 +231,29 @@ class TokenManager:
                 return self._refresh(self._slot(key), key, resource, hit)
         slot = self._slot(key)
         with slot.lock:
-            if not claims:
-                hit = slot.cached
-                cert = self._client.get_certificate()
-                if (hit is not None and hit.x5t_s256 == cert.x5t_s256
-                        and self._clock() < hit.refresh_on):
-                    return hit.view
-            return self._fetch(slot, key, resource, claims)
+            hit = slot.cached
+            cert = self._client.get_certificate()
+            if (hit is not None and hit.x5t_s256 == cert.x5t_s256
+                    and self._clock() < hit.refresh_on):
+                return hit.view
+            return self._fetch(slot, key, resource, None)
+
+    def _acquire_with_claims(self, resource: str, claims: str) -> AccessToken:
+        key = self._scopes.get(resource) or self._scope(resource)
+        slot = self._slot(key)
+        started = time.monotonic()
+        cached = slot.cached
+        # The certificate the challenged token is bound to (a resource refused that token).
+        challenged = cached.x5t_s256 if cached is not None else \
+            self._client.get_certificate().x5t_s256
+        with slot.lock:
+            done = slot.claims_done
+            if done is not None and done[0] == claims and done[1] >= started:
+                log.debug("claims challenge for %s answered by a concurrent call", key)
+                return done[2]
+            token = self._fetch(slot, key, resource, claims, replace=challenged)
+            slot.claims_done = (claims, time.monotonic(), token)
+            return token
 
     def _scope(self, resource: str) -> str:
         scope = scope_for(resource)
@@ -237,70 +289,173 @@ class TokenManager:
             if current is not None and current is not hit:
                 return current.view
             try:
-                return self._fetch(slot, key, resource, None)
-            except TokenError as exc:
+                # A refresh must not hold its caller as long as a first fetch may: the
+                # cached token is still good.
+                return self._fetch(slot, key, resource, None,
+                                   remediation=min(self._client.remediation_timeout,
+                                                   _REFRESH_REMEDIATION))
+            except (TokenError, StoreError) as exc:
                 log.warning("token refresh failed; serving the cached token: %s", exc)
                 return hit.view
         finally:
             slot.lock.release()
 
-    def _fetch(self, slot: _Slot, key: str, resource: str, claims: str | None) -> AccessToken:
+    def current(self, use: Callable[[BindingCertificate], T]) -> tuple[BindingCertificate, T]:
+        """``use(cert)`` for the current certificate, following a rotation or removal that
+        another process made under us: a stale or missing entry is forgotten and the store
+        read again (or one certificate minted) instead of failing the caller."""
         cert = self._client.get_certificate()
-        for attempt in (1, 2):
+        for _ in range(_STALE_TRIES - 1):
             try:
-                resp = self._post_with_retry(cert, resource, claims)
-                break
-            except StaleCertificate:
-                cert = self._rotate(cert, evict=False)
-            except EstsRejected as exc:
-                if exc.error != "invalid_client" or attempt == 2:
-                    raise
-                log.warning("ESTS rejected certificate %s as invalid_client; minting a new one",
-                            cert.x5t_s256)
-                cert = self._rotate(cert, evict=True)
-            except _Rejected as exc:
-                if attempt == 2:
-                    raise TokenError(
-                        f"ESTS rejected the client certificate twice (new certificate too): {exc}"
-                    ) from exc
-                log.warning("ESTS rejected certificate %s in the TLS handshake (%s); minting a "
-                            "new one", cert.x5t_s256, exc)
-                cert = self._rotate(cert, evict=True)
-        else:  # pragma: no cover - the loop always breaks or raises
-            raise TokenError("token request failed")
-        return self._remember(slot, key, cert, resp, cache=claims is None)
+                return cert, use(cert)
+            except StaleCertificate as exc:
+                cert = self._reload(cert, exc)
+        return cert, use(cert)
 
-    def _rotate(self, cert: BindingCertificate, *, evict: bool) -> BindingCertificate:
+    def _reload(self, cert: BindingCertificate, why: BaseException) -> BindingCertificate:
+        log.info("certificate %s is no longer what the store holds (%s); looking again",
+                 cert.x5t_s256, why)
         self.tls.evict(cert.x5t_s256)
-        if evict:
-            self._client.invalidate(cert.x5t_s256)
+        self._client.forget(cert.x5t_s256)
+        self._drop_tokens_of(cert.x5t_s256)
+        return self._client.get_certificate()
+
+    def _fetch(
+        self, slot: _Slot, key: str, resource: str, claims: str | None, *,
+        replace: str | None = None, remediation: float | None = None,
+    ) -> AccessToken:
+        """Ask ESTS, in one operation (one correlation id). ``replace``: first put a fresh
+        certificate in place of that one (a claims challenge). Refusals are handled by
+        :meth:`_token_response`."""
+        with _correlation.operation() as cid:
+            if replace is not None:
+                cert = self._client._replace(replace, why="a resource sent a claims challenge")
+                self._evict(replace)
+            else:
+                cert = self._client._binding_certificate()
+            cert, resp = self._token_response(cert, resource, claims, cid, remediation)
+            self._client._token_succeeded()
+            return self._remember(slot, key, cert, resp, cid)
+
+    def _token_response(
+        self, cert: BindingCertificate, resource: str, claims: str | None, cid: str,
+        remediation: float | None,
+    ) -> tuple[BindingCertificate, TokenResponse]:
+        """The token request, and what each refusal calls for:
+
+        - ``invalid_client`` that a new certificate fixes (AADSTS 1000610-1000614, or no
+          ``error_codes``): mint with ``bypass_cache=true`` and ask again, round after
+          round with growing, jittered pauses, until ESTS accepts or ``remediation_timeout``
+          is up (then a TokenError naming the code and the rounds; the back-off opens);
+        - a TLS alert about our certificate: one new certificate, one more try;
+        - the store entry changed under us: read it again;
+        - anything else: raised at once, nothing minted.
+        """
+        timeout = self._client.remediation_timeout if remediation is None else remediation
+        deadline = time.monotonic() + timeout
+        rounds = tls_retried = stale = 0
+        while True:
+            if self._client._refused_recently(cert.x5t_s256):
+                self._client._gate_check(self._clock())
+            try:
+                return cert, self._post_with_retry(
+                    cert, resource, claims, cid, deadline if rounds else None)
+            except StaleCertificate as exc:
+                stale += 1
+                if stale >= _STALE_TRIES:
+                    raise
+                cert = self._reload(cert, exc)
+            except EstsRejected as exc:
+                if not exc.remediable:
+                    raise
+                rounds += 1
+                cert = self._remediate(cert, exc, rounds, deadline, timeout)
+            except _Rejected as exc:
+                if tls_retried:
+                    error = TokenError(
+                        f"ESTS rejected the client certificate twice (new certificate too): "
+                        f"{exc}", correlation_id=cid)
+                    self._client._certificate_refused(cert, error)
+                    raise error from exc
+                tls_retried = 1
+                log.warning("ESTS rejected certificate %s in the TLS handshake (%s); minting "
+                            "a new one (correlation_id=%s)", cert.x5t_s256, exc, cid)
+                rejected = cert.x5t_s256
+                cert = self._client._replace(rejected, why=f"ESTS refused it in the TLS "
+                                             f"handshake ({exc})")
+                self._evict(rejected)
+
+    def _remediate(
+        self, cert: BindingCertificate, exc: EstsRejected, rounds: int, deadline: float,
+        timeout: float,
+    ) -> BindingCertificate:
+        """One remediation round: wait (after the first), then a fresh certificate."""
+        left = deadline - time.monotonic()
+        if rounds > 1:
+            pause = min(_REMEDIATION_BACKOFF.delay(rounds - 1), max(0.0, left))
+            if left <= 0 or pause >= left:
+                error = TokenError(
+                    f"ESTS kept answering invalid_client ({exc.aadsts}) for the binding "
+                    f"certificate: {rounds - 1} remediation round(s), each with a new "
+                    f"certificate (bypass_cache=true), within remediation_timeout "
+                    f"({timeout:g} s); a TLS-inspecting proxy, or a revoked identity?",
+                    error=exc.error, error_description=exc.error_description,
+                    correlation_id=exc.correlation_id, status=exc.status)
+                self._client._certificate_refused(cert, error)
+                raise error from exc
+            log.info("ESTS refused the new certificate %s too (%s); round %d in %.1f s",
+                     cert.x5t_s256, exc.aadsts, rounds, pause, extra={"wait": True})
+            self._sleep(pause)
         else:
-            self._client.forget()
+            log.warning("ESTS answered invalid_client (%s) for certificate %s: minting a new "
+                        "one (correlation_id=%s)", exc.aadsts, cert.x5t_s256,
+                        exc.correlation_id)
+        rejected = cert.x5t_s256
+        new = self._client._replace(
+            rejected, why=f"ESTS answered invalid_client ({exc.aadsts})", deadline=deadline,
+            gated=rounds == 1)
+        self._evict(rejected)
+        return new
+
+    def _evict(self, x5t_s256: str) -> None:
+        """A certificate that was replaced: its pool, contexts and tokens go."""
+        self.tls.evict(x5t_s256)
+        self._drop_tokens_of(x5t_s256)
+
+    def _drop_tokens_of(self, x5t_s256: str) -> None:
         with self._slots_guard:  # other threads insert while we look
             for slot in self._slots.values():
                 cached = slot.cached
-                if cached is not None and cached.x5t_s256 == cert.x5t_s256:
+                if cached is not None and cached.x5t_s256 == x5t_s256:
                     slot.cached = None
-        return self._client.get_certificate()
 
     def _post_with_retry(
-        self, cert: BindingCertificate, resource: str, claims: str | None
+        self, cert: BindingCertificate, resource: str, claims: str | None, cid: str,
+        deadline: float | None,
     ) -> TokenResponse:
-        """One token request; a 5xx or a connection closed under it is retried once."""
+        """One token request; a 5xx (without Retry-After) or a connection closed under it is
+        retried once. ``deadline`` (a remediation's) bounds the request further."""
         import urllib3
 
         timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
+        total = self._timeouts.total
+        if deadline is not None:
+            left = max(0.05, deadline - time.monotonic())
+            total = left if total is None else min(total, left)
         for attempt in (1, 2):
             try:
                 return request_token(
                     self.tls.pool(cert), mtls_endpoint=cert.mtls_endpoint,
                     tenant_id=cert.tenant_id, client_id=cert.client_id, resource=resource,
-                    claims=claims, timeout=timeout, total_timeout=self._timeouts.total,
+                    claims=claims, timeout=timeout, total_timeout=total, correlation_id=cid,
                 )
             except EstsTimeout:
                 raise
             except EstsRejected as exc:
-                if exc.status is not None and exc.status >= 500 and attempt == 1:
+                # MSAL.NET's HttpRetryConditions.Sts: a 5xx is retried, unless ESTS asked
+                # to back off with Retry-After.
+                if (exc.status is not None and exc.status >= 500 and attempt == 1
+                        and not exc.retry_after):
                     log.debug("ESTS answered %s; retrying once", exc.status)
                     self._sleep(self._server_error_delay)
                     continue
@@ -318,25 +473,27 @@ class TokenManager:
                         f"ESTS's certificate could not be verified ({why}) at "
                         f"{cert.mtls_endpoint}; check the system trust store (SSL_CERT_FILE/"
                         "SSL_CERT_DIR), the endpoint name and any TLS-inspecting proxy; the "
-                        "binding certificate was kept"
+                        "binding certificate was kept", correlation_id=cid,
                     ) from exc
                 if kind is _Failure.TLS:
                     raise TokenError(
                         f"TLS with ESTS at {cert.mtls_endpoint} failed ({why}); not an alert "
-                        "about our certificate, so it was kept"
+                        "about our certificate, so it was kept", correlation_id=cid,
                     ) from exc
                 if kind is _Failure.TRANSIENT:
                     raise TokenError(f"ESTS at {cert.mtls_endpoint} closed the connection "
-                                     f"twice ({why}); the certificate was kept") from exc
-                raise TokenError(f"cannot reach ESTS at {cert.mtls_endpoint}: {why}") from exc
+                                     f"twice ({why}); the certificate was kept",
+                                     correlation_id=cid) from exc
+                raise TokenError(f"cannot reach ESTS at {cert.mtls_endpoint}: {why}",
+                                 correlation_id=cid) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _remember(
-        self, slot: _Slot, key: str, cert: BindingCertificate, resp: TokenResponse, *,
-        cache: bool,
+        self, slot: _Slot, key: str, cert: BindingCertificate, resp: TokenResponse, cid: str,
     ) -> AccessToken:
         now = self._clock()
-        expires_on = int(now + resp.expires_in)
+        # Never valid past the certificate it is bound to: the resource would refuse it.
+        expires_on = int(min(now + resp.expires_in, cert.not_after_ts))
         serve_until = min(expires_on - _EXPIRY_MARGIN, cert.not_after_ts)
         if resp.refresh_in is not None:
             refresh_on = now + resp.refresh_in
@@ -348,19 +505,26 @@ class TokenManager:
         # AccessToken.access_token stays a str (public API); its repr never shows it.
         fresh = AccessToken(resp.access_token.reveal(), "mtls_pop", expires_on, cert.x5t_s256,
                             "identity_provider", refresh_on)
-        if cache:
-            view = AccessToken(resp.access_token.reveal(), "mtls_pop", expires_on,
-                               cert.x5t_s256, "cache", refresh_on)
-            entry = _Cached(fresh, view, serve_until, refresh_on, cert.x5t_s256)
-            with self._slots_guard:
-                slot.cached = entry
-                if self._slots.get(key) is not slot:  # evicted while fetching: keep it anyway
-                    if len(self._slots) >= self._max_cached:
-                        self._make_room()
-                    self._slots[key] = slot
-        log.info("acquired mtls_pop token for %s bound to %s (expires_on %d)",
-                 scope_for(key), cert.x5t_s256, expires_on)
+        view = AccessToken(resp.access_token.reveal(), "mtls_pop", expires_on, cert.x5t_s256,
+                           "cache", refresh_on)
+        entry = _Cached(fresh, view, serve_until, refresh_on, cert.x5t_s256)
+        with self._slots_guard:
+            slot.cached = entry
+            if self._slots.get(key) is not slot:  # evicted while fetching: keep it anyway
+                if len(self._slots) >= self._max_cached:
+                    self._make_room()
+                self._slots[key] = slot
+        log.info("acquired mtls_pop token for %s bound to %s (expires_on %d, correlation_id=%s)",
+                 scope_for(key), cert.x5t_s256, expires_on, cid)
         return fresh
+
+    def after_fork_in_child(self, transport: Transport) -> None:
+        """In a forked child: new pools (the parent's sockets are never used), free locks.
+        Cached tokens stay: they are bound to a certificate, not to a connection."""
+        self.tls = transport
+        self._slots_guard = threading.Lock()
+        for slot in list(self._slots.values()):
+            slot.lock = threading.Lock()
 
     def request(
         self,
@@ -375,23 +539,57 @@ class TokenManager:
         """Call ``url`` over mTLS with ``Authorization: mtls_pop <token>`` for ``resource``.
 
         ``url`` must be https: anything else raises ValueError before any token is acquired
-        or any connection made (the token would travel in cleartext).
+        or any connection made (the token would travel in cleartext). ``timeout`` bounds the
+        whole request (a watchdog shuts the socket down when it passes); the body read is
+        capped at :data:`MAX_RESPONSE` bytes.
         """
+        import urllib3
+
+        from .wire._watchdog import Watchdog
+
         require_https(url)
         token = self.acquire(resource)
-        cert = self._client.get_certificate()
+        cert, pool = self.current(self.tls.pool)
         if cert.x5t_s256 != token.x5t_s256:  # rotated in between: bind to the new one
             token = self.acquire(resource)
-            cert = self._client.get_certificate()
+            cert, pool = self.current(self.tls.pool)
+        watch = Watchdog(timeout)
         try:
-            resp: urllib3.BaseHTTPResponse = self.tls.pool(cert).request(
-                method, url, body=body, headers=_with_authorization(headers, token),
-                timeout=timeout, redirect=False,
-            )
-            return resp
+            with watch:
+                resp: urllib3.BaseHTTPResponse = pool.request(
+                    method, url, body=body, headers=_with_authorization(headers, token),
+                    timeout=watch.clip(urllib3.Timeout(connect=timeout, read=timeout)),
+                    redirect=False, preload_content=False,
+                )
+                try:
+                    data = resp.read(MAX_RESPONSE + 1, decode_content=True)
+                finally:
+                    watch.disarm()
+                    resp.release_conn()
+            if watch.fired:
+                raise TimeoutError(f"{url} did not answer within {timeout:g} s")
+            if len(data) > MAX_RESPONSE:
+                raise ValueError(f"{url} answered more than {MAX_RESPONSE} bytes")
+            return _preloaded(resp, data, url)
         except BaseException as exc:
             _scrub(exc)  # the frames below held the Authorization header
             raise
+
+
+MAX_RESPONSE = 64 * 1024 * 1024
+"""The most :meth:`TokenManager.request` reads of a response body (bytes)."""
+
+
+def _preloaded(resp: Any, data: bytes, url: str) -> urllib3.BaseHTTPResponse:
+    """A urllib3 response holding ``data`` (already decoded), as ``preload_content=True``
+    would have returned it, for what the transport answered (urllib3's or WinHTTP's)."""
+    import urllib3
+
+    return urllib3.HTTPResponse(
+        body=data, headers=resp.headers, status=resp.status,
+        reason=getattr(resp, "reason", None), version=getattr(resp, "version", 11) or 11,
+        preload_content=False, decode_content=False, request_url=url,
+    )
 
 
 def require_https(url: str) -> None:

@@ -57,13 +57,13 @@ def store_dir(tmp_path) -> str:
 
 @pytest.fixture
 def make_client(emu, store_dir):
-    from msicert import ManagedIdentityClient
+    from msicert import Backoff, ManagedIdentityClient
 
     def make(**kw):
         if "store" not in kw:  # a Store object and store_dir together is refused
             kw.setdefault("store_dir", store_dir)
         kw.setdefault("imds_endpoint", emu.imds_url)
-        kw.setdefault("renewal_backoff", 0.0)
+        kw.setdefault("mint_backoff", Backoff(0.0, 0.0))
         return ManagedIdentityClient(**kw)
 
     return make

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from msicert import Identity, ImdsError, ImdsResponseError, Timeouts, TokenError
+from msicert import Backoff, Identity, ImdsError, ImdsResponseError, Timeouts, TokenError
 from msicert._policy import State
 from msicert._token_cache import TokenManager
 from msicert.backends.posix._file_store import FileStore
@@ -58,7 +58,7 @@ def usable(cert, now: float) -> bool:
 def test_forward_jump_into_the_renewal_window_renews_exactly_once(make_client, emu, clock,
                                                                  store_dir):
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, renewal_backoff=30.0)
+    c = make_client(clock=clock, mint_backoff=Backoff(30.0, 30.0))
     old = c.get_certificate()
     emu.lifetime = 100_000.0
     jump_to(clock, old.renew_after_ts - 0.5)
@@ -76,7 +76,7 @@ def test_forward_jump_into_the_renewal_window_renews_exactly_once(make_client, e
 def test_backward_jump_out_of_the_renewal_window_stops_renewing_until_due_again(
         make_client, emu, clock):
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, renewal_backoff=30.0)
+    c = make_client(clock=clock, mint_backoff=Backoff(30.0, 30.0))
     cert = c.get_certificate()
     emu.inject("getplatformmetadata", Fault(status=503, times=None))
     jump_to(clock, cert.renew_after_ts + 1)
@@ -162,7 +162,7 @@ def test_a_renewal_that_brings_an_expired_certificate_keeps_the_stored_one(make_
 def test_a_certificate_already_past_renew_after_is_used_and_not_looped_on(make_client, emu,
                                                                           clock):
     emu.lifetime, emu.backdate = 1000.0, 600.0  # renew_after ~ NotBefore + 475: already due
-    c = make_client(clock=clock, renewal_backoff=30.0)
+    c = make_client(clock=clock, mint_backoff=Backoff(30.0, 30.0))
     first = c.get_certificate()
     assert first.state(clock()) is State.RENEW
     for _ in range(50):  # 25 s of calls, inside the 30 s back-off
@@ -263,7 +263,7 @@ def test_a_hung_imds_delays_a_renewing_caller_only_by_the_retry_budget(make_clie
     emu.lifetime = 1000.0
     read_timeout = 0.5
     c = make_client(clock=clock, imds_timeouts=Timeouts(connect=2.0, read=read_timeout),
-                    renewal_backoff=60.0)
+                    mint_backoff=Backoff(60.0, 60.0))
     cert = c.get_certificate()
     jump_to(clock, cert.renew_after_ts + 1)
     emu.inject("getplatformmetadata", Fault(delay=5.0, times=None))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from msicert import Identity
+from msicert import Backoff, Identity
 from msicert.backends.posix._file_store import default_directory
 from msicert.emulator import Fault
 from msicert.wire._imds import ImdsClient, RetryPolicy
@@ -91,7 +91,8 @@ def test_cli_with_a_relative_xdg_config_home_stores_under_home_not_the_working_d
 @pytest.mark.parametrize(("option", "value"), [
     ("connect_timeout", float("nan")), ("read_timeout", float("inf")), ("read_timeout", 0.0),
     ("deadline", -1.0), ("lock_timeout", float("nan")), ("renewal_deadline", float("inf")),
-    ("ests_read_timeout", -5.0), ("renewal_backoff", -1.0), ("renewal_backoff", float("nan")),
+    ("ests_read_timeout", -5.0), ("remediation_timeout", float("nan")),
+    ("remediation_timeout", 0.0),
 ])
 def test_client_refuses_durations_that_would_disable_their_bound(store_dir, option, value):
     from msicert import ManagedIdentityClient
@@ -100,7 +101,22 @@ def test_client_refuses_durations_that_would_disable_their_bound(store_dir, opti
         ManagedIdentityClient(store_dir=store_dir, **{option: value})
 
 
-def test_client_accepts_a_zero_renewal_backoff(store_dir):
+def test_client_accepts_a_zero_mint_backoff(store_dir):
     from msicert import ManagedIdentityClient
 
-    ManagedIdentityClient(store_dir=store_dir, renewal_backoff=0.0, lock_timeout=None)
+    ManagedIdentityClient(store_dir=store_dir, mint_backoff=Backoff(0.0, 0.0), lock_timeout=None)
+
+
+@pytest.mark.parametrize(("initial", "maximum"), [
+    (-1.0, 10.0), (float("nan"), 10.0), (1.0, float("inf")), (10.0, 1.0),
+])
+def test_backoff_refuses_durations_that_would_disable_or_invert_it(initial, maximum):
+    with pytest.raises(ValueError, match="Backoff"):
+        Backoff(initial, maximum)
+
+
+def test_client_refuses_a_backoff_that_is_not_a_backoff(store_dir):
+    from msicert import ManagedIdentityClient
+
+    with pytest.raises(TypeError, match=r"mint_backoff must be a msicert\.Backoff"):
+        ManagedIdentityClient(store_dir=store_dir, mint_backoff=30.0)

@@ -782,15 +782,35 @@ def test_client_id_matches_the_certificate_case_insensitively(emulator, tmp_path
     assert response.status == 200 and emulator.violations == []
 
 
-def test_invalid_client_fault_answers_an_aad_error(emulator, tmp_path):
+def test_invalid_client_fault_answers_the_revocation_error(emulator, tmp_path):
     credential, certificate = mint(emulator)
     pool = mtls(emulator, tmp_path, certificate)
     emulator.inject("token", Fault(kind="invalid_client"))
     response = token_request(pool, credential)
     body = response.json()
-    assert response.status == 400 and body["error"] == "invalid_client"
-    assert body["error_description"].startswith("AADSTS") and body["correlation_id"]
+    assert response.status == 401 and body["error"] == "invalid_client"
+    assert body["error_codes"] == [1000613]
+    assert body["error_description"].startswith("AADSTS1000613: ") and body["correlation_id"]
     assert token_request(pool, credential).status == 200
+
+
+@pytest.mark.parametrize(("codes", "member"), [((), None), ((7000215,), [7000215]),
+                                               ((1000610, 50000), [1000610, 50000])])
+def test_invalid_client_fault_sends_the_error_codes_asked_for(emulator, tmp_path, codes,
+                                                              member):
+    credential, certificate = mint(emulator)
+    pool = mtls(emulator, tmp_path, certificate)
+    emulator.inject("token", Fault(kind="invalid_client", error_codes=codes))
+    body = token_request(pool, credential).json()
+    assert body.get("error_codes") == member and body["error"] == "invalid_client"
+    assert ("AADSTS" in body["error_description"]) == bool(codes)
+
+
+def test_error_codes_belong_to_invalid_client_faults_only(emulator):
+    with pytest.raises(ValueError, match="error_codes applies to kind 'invalid_client' only"):
+        emulator.inject("token", Fault(status=500, error_codes=(1000613,)))
+    with pytest.raises(ValueError, match="error_codes must be non-negative integers"):
+        emulator.inject("token", Fault(kind="invalid_client", error_codes=(-1,)))
 
 
 def test_token_shape_faults(emulator, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msicert import ImdsError, Timeouts
+from msicert import Backoff, ImdsError, Timeouts
 from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 
@@ -56,7 +56,7 @@ def test_past_renew_after_a_new_certificate_replaces_the_old_one(make_client, em
 def test_renewal_failure_keeps_serving_the_valid_certificate_with_a_warning(
         make_client, emu, clock, caplog):
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, renewal_backoff=60.0)
+    c = make_client(clock=clock, mint_backoff=Backoff(60.0, 60.0))
     old = c.get_certificate()
     clock.offset = old.renew_after_ts - time.time() + 1
     emu.reset()
@@ -97,7 +97,7 @@ def test_expired_certificate_is_never_served(make_client, emu, clock, store_dir)
 def test_one_second_before_expiry_margin_the_certificate_is_still_served(make_client, emu,
                                                                          clock):
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, renewal_backoff=1000.0)
+    c = make_client(clock=clock, mint_backoff=Backoff(1000.0, 1000.0))
     old = c.get_certificate()
     emu.inject("getplatformmetadata", Fault(status=500, times=None))
     clock.offset = old.not_after_ts - time.time() - 11
@@ -106,10 +106,10 @@ def test_one_second_before_expiry_margin_the_certificate_is_still_served(make_cl
 
 def test_not_yet_valid_certificate_is_not_served_from_the_store(make_client, emu, clock):
     first = make_client(clock=clock).get_certificate()
-    # clock jumped back to 1 s before NotBefore - skew (lifetime 3600 s: skew 36 s)
-    clock.offset = first.not_before_ts - 36 - time.time() - 1
+    # clock jumped back to 1 s before NotBefore - 15 min (the lag a lookup tolerates)
+    clock.offset = first.not_before_ts - 900 - time.time() - 1
     emu.reset()
-    emu.backdate = 3600.0  # so the replacement is valid at the jumped-back clock
+    emu.lifetime, emu.backdate = 7200.0, 3600.0  # the replacement is valid at that clock
     again = make_client(clock=clock).get_certificate()
     assert again.source == "imds" and again.x5t_s256 != first.x5t_s256
     assert emu.count("issuecredential") == 1
@@ -128,9 +128,12 @@ def test_fresh_certificate_slightly_ahead_of_a_lagging_clock_is_used_not_reminte
 
 
 def test_certificate_far_ahead_of_the_clock_is_a_clear_error(make_client, emu, store_dir):
-    emu.backdate = -100.0
-    with pytest.raises(ImdsError, match="not yet valid"):
+    emu.backdate = -1000.0  # NotBefore 16 min 40 s ahead: beyond the 15 min tolerated
+    with pytest.raises(ImdsError, match=r"not yet valid: its NotBefore .* is 16 min (39|40) s "
+                                        r"ahead of this host's clock, more than the 15 min "
+                                        r"00 s tolerated; fix the system clock") as err:
         make_client().get_certificate()
+    assert err.value.step == "issuecredential" and err.value.correlation_id
     assert emu.count("issuecredential") == 1
 
 
@@ -147,7 +150,7 @@ def _imds_calls(emu) -> int:
 def _due_for_renewal(make_client, emu, clock, **kw):
     """A client holding a certificate that is 1 s past renew_after (back-off 60 s)."""
     emu.lifetime = 1000.0
-    c = make_client(clock=clock, renewal_backoff=60.0, **kw)
+    c = make_client(clock=clock, mint_backoff=Backoff(60.0, 60.0), **kw)
     old = c.get_certificate()
     clock.offset = old.renew_after_ts - time.time() + 1
     emu.reset()

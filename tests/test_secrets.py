@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from msicert import Identity, ImdsError, MsiCertError, TokenError
+from msicert import Backoff, Identity, ImdsError, MsiCertError, TokenError
 from msicert._client import _Minted
 from msicert.emulator import Fault
 from msicert.wire._imds import ImdsClient, RetryPolicy
@@ -153,7 +153,7 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, stor
     ]:
         emu.clear_faults()
         emu.inject(endpoint, fault)
-        fresh = make_client(clock=lambda: now[0], renewal_backoff=0.0)
+        fresh = make_client(clock=lambda: now[0], mint_backoff=Backoff(0.0, 0.0))
         step(fresh.get_certificate)  # renewal fails: warning logged, old one served
         step(make_client(store_dir=store_dir + "-empty").get_certificate)  # no cert: raises
     emu.clear_faults()

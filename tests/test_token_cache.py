@@ -16,6 +16,7 @@ import pytest
 import msicert._token_cache as tokens_module
 import msicert.backends.posix._ssl_transport as ssl_transport
 from msicert._token_cache import TokenManager
+from msicert.backends.contract import StaleCertificate
 
 RESOURCES = [f"https://r{i}.example" for i in range(4)]
 
@@ -95,7 +96,7 @@ def test_rotation_while_threads_insert_does_not_break_iteration(make_client, emu
         __hash__ = str.__hash__
 
         def __eq__(self, other: object) -> bool:
-            scanning = sys._getframe(1).f_code.co_name in ("_rotate", "<listcomp>")
+            scanning = sys._getframe(1).f_code.co_name in ("_drop_tokens_of", "<listcomp>")
             if scanning and not inserters:
                 inserters.extend(threading.Thread(target=insert, args=(i,)) for i in range(8))
                 for th in inserters:
@@ -108,7 +109,7 @@ def test_rotation_while_threads_insert_does_not_break_iteration(make_client, emu
             return not self.__eq__(other)
 
     hooked = cert.replace(x5t_s256=Thumbprint(cert.x5t_s256))
-    manager._rotate(hooked, evict=False)  # the StaleCertificate path: forget, re-read store
+    manager._reload(hooked, StaleCertificate("replaced"))  # forget, drop its tokens, re-read
     for th in inserters:
         th.join(30)
     assert inserters and errors == []

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from msicert import TokenError
+from msicert import Backoff, TokenError
 from msicert.backends.posix._ssl_transport import build_context
 from msicert.emulator import Fault, decode_token_payload
 from tests.conftest import cli_json
@@ -39,18 +39,22 @@ def test_token_request_follows_the_wire_contract(make_client, emu):
     assert token.token_type == "mtls_pop" and token.source == "identity_provider"
     assert token.x5t_s256 == cert.x5t_s256
     assert decode_token_payload(token.access_token)["cnf"]["x5t#S256"] == cert.x5t_s256
-    assert abs(token.expires_on - (time.time() + 3600)) < 5
+    # 3600 s asked, but never past the certificate's NotAfter (3540 s away: backdate 60 s)
+    assert token.expires_on == int(cert.not_after_ts) < time.time() + 3600
     assert emu.violations == []
     assert "access_token" not in repr(token) and token.access_token not in repr(token)
 
 
-def test_claims_are_sent_when_given_and_bypass_the_cache(make_client, emu):
+def test_claims_are_sent_and_their_token_replaces_the_cached_one(make_client, emu):
     c = make_client()
-    c.acquire_token(RESOURCE)
-    t = c.acquire_token(RESOURCE, claims='{"access_token":{"xms_cc":{"values":["cp1"]}}}')
-    assert t.source == "identity_provider"
+    old = c.acquire_token(RESOURCE)
+    claims = '{"access_token":{"xms_cc":{"values":["cp1"]}}}'
+    t = c.acquire_token(RESOURCE, claims=claims)
+    assert t.source == "identity_provider" and t.access_token != old.access_token
     last = [r for r in emu.requests if r.endpoint == "token"][-1]
-    assert "claims" in parse_qs(last.body.decode())
+    assert parse_qs(last.body.decode())["claims"] == [claims]
+    again = c.acquire_token(RESOURCE)
+    assert again.source == "cache" and again.access_token == t.access_token
     assert emu.count("token") == 2
 
 
@@ -87,6 +91,7 @@ def test_token_is_served_from_cache_until_refresh_in(make_client, emu):
 
 def test_expires_in_as_numeric_string_is_accepted(make_client, emu):
     emu.inject("token", Fault(kind="expires_in_string"))
+    emu.lifetime = 7200.0
     t = make_client().acquire_token(RESOURCE)
     assert abs(t.expires_on - (time.time() + 3600)) < 5
 
@@ -100,7 +105,7 @@ def test_wrong_token_type_is_a_token_error(make_client, emu):
 def test_cached_token_never_outlives_the_certificate(make_client, emu):
     emu.lifetime, emu.backdate, emu.token_lifetime = 1000.0, 0.0, 86400.0
     now = [time.time()]
-    c = make_client(clock=lambda: now[0], renewal_backoff=1e9)
+    c = make_client(clock=lambda: now[0], mint_backoff=Backoff(1e9, 1e9))
     t = c.acquire_token(RESOURCE)
     cert = c.get_certificate()
     assert t.refresh_on <= cert.not_after_ts
@@ -135,14 +140,17 @@ def test_invalid_client_once_remints_exactly_once_and_succeeds(make_client, emu)
     assert make_client().get_certificate().x5t_s256 == new.x5t_s256  # store holds the new one
 
 
-def test_invalid_client_twice_raises_token_error_with_details(make_client, emu):
-    emu.inject("token", Fault(kind="invalid_client", times=2))
+def test_invalid_client_with_a_code_no_certificate_fixes_surfaces_at_once_without_a_mint(
+        make_client, emu):
+    c = make_client()
+    c.get_certificate()
+    emu.inject("token", Fault(kind="invalid_client", error_codes=(7000215,)))
     with pytest.raises(TokenError) as info:
-        make_client().acquire_token(RESOURCE)
+        c.acquire_token(RESOURCE)
     err = info.value
-    assert err.error == "invalid_client" and err.status == 400
-    assert err.error_description and err.correlation_id
-    assert emu.count("issuecredential") == 2 and emu.count("token") == 2
+    assert err.error == "invalid_client" and err.status == 401
+    assert err.error_description.startswith("AADSTS7000215") and err.correlation_id
+    assert emu.count("issuecredential") == 1 and emu.count("token") == 1
 
 
 def test_rejected_handshake_remints_and_retries_once(make_client, emu):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import _fork
 from .._errors import MsiCertError, StoreError
 from .._identity import Identity
 from .._model import BindingCertificate
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ..wire._imds import PlatformMetadata
 
 __all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response",
-           "SingleFlightLock", "StaleCertificate", "Store", "Transport", "thread_lock"]
+           "StaleCertificate", "Store", "Transport", "thread_lock"]
 
 
 class CorruptEntry(StoreError):
@@ -111,9 +112,6 @@ class Lock(Protocol):
         """Hold the lock for the ``with`` body; StoreError when a blocking wait times out."""
 
 
-SingleFlightLock = Lock  # the name before issue 12
-
-
 class Response(Protocol):
     """The part of urllib3's ``BaseHTTPResponse`` the token leg reads."""
 
@@ -159,8 +157,9 @@ class Transport(Protocol):
         """Drop the certificate's pool and close its connections."""
 
     def context(self, cert: BindingCertificate) -> ssl.SSLContext:
-        """An ``ssl.SSLContext`` presenting ``cert``; KeyNotExportableError when the key cannot
-        leave its store."""
+        """An ``ssl.SSLContext`` presenting ``cert`` for the caller's own HTTP client (never
+        the one the pools use); KeyNotExportableError when the key cannot leave its store,
+        StaleCertificate when the store's entry no longer holds it."""
 
     def close(self) -> None:
         """Evict every certificate (a later :meth:`pool` builds anew)."""
@@ -176,12 +175,19 @@ class Store(Protocol):
     def directory(self) -> str | None:
         """The file store's directory; None for a store that is not a directory."""
 
-    def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
-        """The entry for ``identity`` (source ``"store"``), None if absent; CorruptEntry if bad."""
+    def find(self, identity: Identity, *, issuer_cn: str | None) -> BindingCertificate | None:
+        """The entry for ``identity`` (source ``"store"``), None if absent; CorruptEntry if bad.
 
-    def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
+        ``issuer_cn``: a fragment the issuer must contain (``issuer=``, ``$MSICERT_ISSUER``),
+        or None: the issuer recorded when the entry was minted, and for an entry that records
+        none (another library's), the default issuer
+        (:data:`~msicert._policy.DEFAULT_ISSUER_CN`)."""
+
+    def put(
+        self, identity: Identity, entry: NewEntry, *, issuer_cn: str | None
+    ) -> BindingCertificate:
         """Persist atomically with ``entry.key``, replacing the identity's previous entry;
-        return it as stored."""
+        return it as stored (recording its issuer, whatever ``issuer_cn`` says)."""
 
     def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
         """Remove the identity's entry (only if it still holds ``x5t_s256`` when given)."""
@@ -192,6 +198,15 @@ class Store(Protocol):
     def lock(self, identity: Identity, *, timeout: float) -> Lock:
         """The cross-process single-flight lock for ``identity``."""
 
+    def read_note(self, identity: Identity, name: str) -> bytes | None:
+        """A small note other processes left beside the identity's lock (the mint back-off
+        marker), or None: none, unreadable, not ours, or a store that keeps no notes. Never
+        raises: a note is advice."""
+
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
+        """Replace the note atomically (``None`` removes it), with the identity's lock held.
+        Never raises: a note that cannot be written only loses its advice."""
+
     def generate_key(self, identity: Identity) -> KeyMaterial:
         """A new RSA-2048 key of the kind this store keeps (file, keyguard, software-ksp)."""
 
@@ -201,6 +216,14 @@ class Store(Protocol):
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
+
+
+@_fork.in_child
+def _fresh_thread_locks() -> None:
+    """A child starts with no thread lock held (a parent thread may have held one)."""
+    global _thread_locks_guard
+    _thread_locks_guard = threading.Lock()
+    _thread_locks.clear()
 
 
 def thread_lock(key: str) -> threading.Lock:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._faults import Fault
 from ._http import Reply, invalid_request
+from ._state import MAX_AHEAD, MAX_LIFETIME
 
 if TYPE_CHECKING:
     from ._http import Handler
@@ -26,7 +27,8 @@ __all__ = ["PREFIX", "fault_from_json", "handle"]
 PREFIX = "/__emulator__/"
 _CONFIG_FIELDS = ("lifetime", "backdate", "token_lifetime")
 _CONFIG_FLAGS = ("require_attestation",)
-_FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body"})
+_FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body",
+                           "error_codes"})
 
 
 def _number(value: Any, name: str, *, optional: bool = False) -> float | None:
@@ -59,6 +61,9 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
         raise ValueError("endpoint (and kind, when given) must be strings")
     if body is not None and not isinstance(body, str):
         raise ValueError("body must be a string")
+    codes = document.get("error_codes")
+    if codes is not None and not isinstance(codes, list):
+        raise ValueError("error_codes must be a list of integers or null")
     fault = Fault(
         status=_integer(document.get("status"), "status"),
         body=None if body is None else body.encode("utf-8"),
@@ -66,6 +71,7 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
         delay=_number(document.get("delay", 0.0), "delay") or 0.0,
         times=_integer(document.get("times", 1), "times"),
         kind=kind,
+        error_codes=None if codes is None else tuple(codes),
     )
     return endpoint, fault
 
@@ -78,6 +84,11 @@ def _config(handler: Handler, document: Any) -> dict[str, float | bool]:
     values = {name: _number(document[name], name) for name in _CONFIG_FIELDS if name in document}
     if any(value is None or value <= 0 for n, value in values.items() if n != "backdate"):
         raise ValueError("lifetime and token_lifetime must be positive")
+    if values.get("lifetime", 0) > MAX_LIFETIME:  # type: ignore[operator]
+        raise ValueError(f"lifetime must be at most {MAX_LIFETIME:g} s (100 years)")
+    backdate = values.get("backdate")
+    if backdate is not None and not -MAX_AHEAD <= backdate <= MAX_LIFETIME:
+        raise ValueError(f"backdate must be between {-MAX_AHEAD:g} and {MAX_LIFETIME:g} s")
     flags = {name: document[name] for name in _CONFIG_FLAGS if name in document}
     if any(not isinstance(value, bool) for value in flags.values()):
         raise ValueError(f"{', '.join(_CONFIG_FLAGS)} must be true or false")

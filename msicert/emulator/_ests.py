@@ -52,6 +52,8 @@ _FORM_FIELDS = frozenset({"grant_type", "client_id", "scope", "token_type", "cla
 # A TLS record carrying a fatal handshake_failure(40) alert, sent in place of a ServerHello.
 _HANDSHAKE_FAILURE_ALERT = bytes((0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28))
 _AADSTS = {"invalid_client": 700027, "invalid_request": 900144, "tenant": 90002}
+# CertificateCreateAttestationTokenInvalidJkuHeader: the revocation spec's example code.
+_REVOKED = (1000613,)
 
 
 def server_context(tls: _ca.ServerTls, chain_file: str) -> ssl.SSLContext:
@@ -185,17 +187,24 @@ class EstsHandler(Handler):
         """The emulator state this server belongs to."""
         return self.server.state
 
-    def _error(self, status: int, error: str, description: str, code: int) -> Reply:
+    def _error(self, status: int, error: str, description: str, code: int | None,
+               codes: tuple[int, ...] | None = None) -> Reply:
+        """An AAD error answer; ``codes`` (when given) replaces ``[code]`` in
+        ``error_codes``, and an empty ``codes`` leaves the member out."""
         correlation = self.headers.get("client-request-id") or str(uuid.uuid4())
-        payload = {
+        codes = codes if codes is not None else (() if code is None else (code,))
+        prefix = f"AADSTS{codes[0]}: " if codes else ""
+        payload: dict[str, Any] = {
             "error": error,
-            "error_description": f"AADSTS{code}: {description}",
-            "error_codes": [code],
+            "error_description": f"{prefix}{description}",
+            **({"error_codes": list(codes)} if codes else {}),
             "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
             "trace_id": str(uuid.uuid4()),
             "correlation_id": correlation,
         }
-        return Reply(status, payload)
+        reply = Reply(status, payload)
+        reply.headers.append(("x-ms-request-id", str(uuid.uuid4())))
+        return reply
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
@@ -236,8 +245,9 @@ class EstsHandler(Handler):
             )
             reply.body = fault.body
         elif match is not None:
-            reply = self._token(match.group(1), body, peer, peer_der, fault.kind if fault else "")
+            reply = self._token(match.group(1), body, peer, peer_der, fault)
         elif fault is not None and fault.kind == "claims_challenge":
+            self.state.challenge_tokens()
             reply = claims_challenge()
         else:
             reply = self._resource(peer, peer_der)
@@ -296,8 +306,10 @@ class EstsHandler(Handler):
         return dict(pairs), problems
 
     def _token(
-        self, tenant: str, body: bytes, peer: x509.Certificate, peer_der: bytes, kind: str
+        self, tenant: str, body: bytes, peer: x509.Certificate, peer_der: bytes,
+        fault: Fault | None,
     ) -> Reply:
+        kind = fault.kind if fault is not None else ""
         if self.command != "POST":
             self.state.violation(f"token: method {self.command}, expected POST")
             return self._error(405, "invalid_request", "token endpoint accepts POST only", 900144)
@@ -325,9 +337,12 @@ class EstsHandler(Handler):
             problems.append(f"tenant {tenant!r} in the path is not the identity's tenant")
         for problem in problems:
             self.state.violation(f"token: {problem}")
-        if kind == "invalid_client":
-            description = "Client credential rejected (injected by the msicert emulator)."
-            return self._error(400, "invalid_client", description, _AADSTS["invalid_client"])
+        if kind == "invalid_client" and fault is not None:
+            codes = _REVOKED if fault.error_codes is None else fault.error_codes
+            description = ("The attestation token contains invalid Jku header (injected by the "
+                           "msicert emulator)." if codes == _REVOKED else
+                           "Client credential rejected (injected by the msicert emulator).")
+            return self._error(401, "invalid_client", description, None, codes)
         if problems:
             code = _AADSTS["invalid_request" if tenant_ok else "tenant"]
             return self._error(400, "invalid_request", "; ".join(problems), code)
@@ -341,7 +356,7 @@ class EstsHandler(Handler):
             lifetime=lifetime,
         )
         self.state.remember_token(token)
-        return Reply(
+        reply = Reply(
             200,
             {
                 "token_type": "Bearer" if kind == "wrong_token_type" else "mtls_pop",
@@ -350,6 +365,8 @@ class EstsHandler(Handler):
                 "refresh_in": lifetime // 2,
             },
         )
+        reply.headers.append(("x-ms-request-id", str(uuid.uuid4())))
+        return reply
 
     def _resource(self, peer: x509.Certificate, peer_der: bytes) -> Reply:
         peer_problem = _peer_problem(peer)
@@ -361,6 +378,8 @@ class EstsHandler(Handler):
             problem = "expected 'Authorization: mtls_pop <access token>'"
         elif problem is None and not self.state.minted(token.strip()):
             problem = "access token was not minted by this emulator"
+        elif problem is None and self.state.challenged(token.strip()):
+            return claims_challenge()  # minted before a claims challenge: challenged again
         elif problem is None:
             payload = decode_token_payload(token.strip())
             if payload.get("exp", 0) <= time.time():

@@ -48,11 +48,18 @@ class Fault:
     ``status`` answers that HTTP status; ``body`` replaces the body (default: a JSON error body
     for a bare status fault); ``retry_after`` adds a ``Retry-After`` header (seconds);
     ``delay`` sleeps before answering; ``times`` is how many requests it applies to
-    (``None`` = every request until cleared); ``kind`` names a contract-level misbehaviour:
+    (``None`` = every request until cleared); ``error_codes`` (``invalid_client`` only) are
+    the AADSTS codes of the answer: ``None`` gives ESTS's revocation code 1000613 (a
+    certificate or attestation no longer accepted), ``()`` leaves the ``error_codes`` member
+    out (the revocation spec's "unspecified credential issue"), any other tuple is sent as
+    given (e.g. ``(7000215,)``, which no new certificate fixes); the answer is HTTP 401 unless
+    ``status`` says otherwise. ``kind`` names a contract-level misbehaviour:
     ``no_server_header``, ``malformed_json``, ``missing_field:<name>``, ``wrong_key``,
     ``expired``, ``not_yet_valid``, ``invalid_client``, ``reject_handshake``,
     ``wrong_token_type``, ``expires_in_string`` or ``claims_challenge`` (resource: 401 with
-    ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``).
+    ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``; every
+    token minted before it is challenged from then on, so only a token requested after the
+    challenge is accepted, as with a continuous access evaluation event).
 
     ``reject_handshake`` (token or resource) acts on the next new TLS connection to ESTS: the
     server reads the ClientHello and answers with a fatal ``handshake_failure`` alert, so the
@@ -82,6 +89,7 @@ class Fault:
     delay: float = 0.0
     times: int | None = 1
     kind: str = ""
+    error_codes: tuple[int, ...] | None = None
 
     @property
     def replaces_reply(self) -> bool:
@@ -109,6 +117,12 @@ def check_fault(endpoint: str, fault: Fault) -> None:
         raise ValueError("times must be >= 1 or None (forever)")
     if fault.delay < 0 or (fault.retry_after is not None and fault.retry_after < 0):
         raise ValueError("delay and retry_after must not be negative")
+    if fault.error_codes is not None:
+        if fault.kind != "invalid_client":
+            raise ValueError("error_codes applies to kind 'invalid_client' only")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 31
+                   for c in fault.error_codes):
+            raise ValueError("error_codes must be non-negative integers")
 
 
 @dataclass

@@ -101,8 +101,11 @@ class ImdsHandler(Handler):
         accept = self.headers.get("Accept")
         if accept != "application/json":
             noted.append(f"Accept is {accept!r}; the reference sends 'application/json'")
+        allowed: tuple[str, ...] = ("cred-api-version", "msi_res_id")
+        if endpoint == "issuecredential":
+            allowed += ("bypass_cache",)  # the revocation spec: a fresh certificate
         for name in query:
-            if name not in SELECTORS and name not in ("cred-api-version", "msi_res_id"):
+            if name not in SELECTORS and name not in allowed:
                 noted.append(f"unexpected query parameter {name!r}")
         self._violations(endpoint, noted)
         if self.command != method:
@@ -117,6 +120,8 @@ class ImdsHandler(Handler):
             refused.append(f"cred-api-version is {query.get('cred-api-version')!r}, expected '2.0'")
         if "msi_res_id" in query:
             refused.append("msi_res_id is the IMDS v1 selector; v2 uses mi_res_id")
+        if "bypass_cache" in query and query["bypass_cache"] not in ("true", "false"):
+            refused.append(f"bypass_cache is {query['bypass_cache']!r}, expected true or false")
         selectors = [name for name in SELECTORS if name in query]
         if len(selectors) > 1:
             refused.append(f"more than one identity selector: {', '.join(selectors)}")

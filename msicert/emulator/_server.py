@@ -25,7 +25,7 @@ from ._ests import EstsHandler, handshake_failure_hook, reject_handshake_hook, s
 from ._faults import Fault
 from ._http import Server
 from ._imds import ImdsHandler
-from ._state import RecordedRequest, State
+from ._state import MAX_AHEAD, MAX_LIFETIME, RecordedRequest, State
 
 __all__ = ["Emulator", "EmulatorOptionError", "check_options", "serve"]
 
@@ -44,7 +44,8 @@ class Emulator:
     """Local IMDS v2 (HTTP) + ESTS (HTTPS, mutual TLS) speaking the MSI v2 wire contract.
 
     ``lifetime``/``backdate`` shape issued certificates (NotBefore = now - backdate,
-    NotAfter = NotBefore + lifetime); ``token_lifetime`` is the access-token lifetime. All
+    NotAfter = NotBefore + lifetime; lifetime at most 100 years, a negative backdate puts
+    NotBefore in the future); ``token_lifetime`` is the access-token lifetime. All
     three are plain attributes that may change while the servers run. ``imds_port`` and
     ``ests_port`` pin the ports (0 = any free port). ``require_attestation`` makes
     issuecredential refuse a request without an attestation token, as IMDS does on hosts that
@@ -83,11 +84,14 @@ class Emulator:
 
     @lifetime.setter
     def lifetime(self, value: float) -> None:
+        if not (math.isfinite(value) and 0 < value <= MAX_LIFETIME):
+            raise ValueError(f"lifetime must be in (0, {MAX_LIFETIME:g}] seconds, got {value!r}")
         self._state.lifetime = value
 
     @property
     def backdate(self) -> float:
-        """How far NotBefore lies before the moment of issue, in seconds."""
+        """How far NotBefore lies before the moment of issue, in seconds. A negative value
+        puts NotBefore in the future (an IMDS clock ahead of this host's), at most a day."""
         return self._state.backdate
 
     @backdate.setter
@@ -311,8 +315,14 @@ def check_options(host: str, port: int, lifetime: float, backdate: float) -> Non
         raise EmulatorOptionError(f"port {port} is not in 0..65535")
     if not math.isfinite(lifetime) or lifetime <= 0:
         raise EmulatorOptionError(f"lifetime {lifetime:g} s must be a positive number of seconds")
-    if not math.isfinite(backdate) or backdate < 0:
-        raise EmulatorOptionError(f"backdate {backdate:g} s must not be negative")
+    if lifetime > MAX_LIFETIME:
+        raise EmulatorOptionError(
+            f"lifetime {lifetime:g} s is longer than {MAX_LIFETIME:g} s (100 years): NotAfter "
+            "must stay before the year 9999")
+    if not math.isfinite(backdate) or not -MAX_AHEAD <= backdate <= MAX_LIFETIME:
+        raise EmulatorOptionError(
+            f"backdate {backdate:g} s must be between {-MAX_AHEAD:g} (NotBefore a day ahead: "
+            f"an IMDS clock ahead of this host's) and {MAX_LIFETIME:g}")
     if lifetime <= backdate:
         raise EmulatorOptionError(
             f"lifetime {lifetime:g} s is not longer than the backdate {backdate:g} s: "

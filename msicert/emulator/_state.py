@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import _ca
 from ._faults import ENDPOINTS, HANDSHAKE_KINDS, Fault, FaultQueues
 
-__all__ = ["SELECTORS", "RecordedRequest", "State"]
+__all__ = ["MAX_AHEAD", "MAX_LIFETIME", "SELECTORS", "RecordedRequest", "State"]
 
 logger = logging.getLogger("msicert.emulator")
 
@@ -29,6 +29,10 @@ VM_ID = "1f2e3d4c-5b6a-4798-a1b2-c3d4e5f60718"
 VMSS_ID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 _NAMESPACE = uuid.UUID("3c7d0f5e-2a41-5b8e-9f6c-0d1e2f3a4b5c")
 _NOT_YET_VALID_MARGIN = 3600
+MAX_LIFETIME = 100 * 365 * 86400.0
+"""Longest certificate lifetime (seconds): NotAfter stays far before the year 9999."""
+MAX_AHEAD = 86400.0
+"""Furthest NotBefore may lie ahead of the moment of issue (a negative backdate)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class State:
         self._violations: list[str] = []
         self._issued: list[x509.Certificate] = []
         self._tokens: set[str] = set()
+        self._challenged: set[str] = set()
 
     # -- records -------------------------------------------------------------------------
     def record(self, request: RecordedRequest) -> None:
@@ -184,4 +189,15 @@ class State:
     def minted(self, token: str) -> bool:
         """True when this emulator minted ``token``."""
         with self._lock:
-            return token in self._tokens
+            return token in self._tokens or token in self._challenged
+
+    def challenge_tokens(self) -> None:
+        """A claims challenge was sent: every token minted so far is challenged from now on."""
+        with self._lock:
+            self._challenged |= self._tokens
+            self._tokens = set()
+
+    def challenged(self, token: str) -> bool:
+        """True for a token minted before the last claims challenge."""
+        with self._lock:
+            return token in self._challenged

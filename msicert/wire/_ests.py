@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_SKU",
+    "REMEDIABLE_CODES",
+    "EstsRejected",
     "EstsTimeout",
     "TokenResponse",
     "client_headers",
@@ -47,8 +49,50 @@ class EstsTimeout(TokenError):
     """The ESTS request did not complete within ``ests_timeouts.total``."""
 
 
+#: AADSTS codes of ``invalid_client`` that say the certificate or its attestation is no longer
+#: accepted (MSAL.NET's MSI v2 revocation spec): a new certificate fixes them.
+REMEDIABLE_CODES = frozenset(range(1000610, 1000615))
+
+
 class EstsRejected(TokenError):
-    """ESTS answered with an OAuth error (``error`` holds its code)."""
+    """ESTS answered with an OAuth error (``error`` holds its code).
+
+    ``error_codes`` holds the answer's AADSTS codes (``None`` when it had no ``error_codes``
+    member), ``retry_after`` whether the answer carried a ``Retry-After`` header.
+    """
+
+    error_codes: tuple[int, ...] | None = None
+    retry_after: bool = False
+
+    @property
+    def remediable(self) -> bool:
+        """``invalid_client`` whose first AADSTS code is 1000610-1000614, or with no
+        ``error_codes`` at all: the revocation spec's signal to mint a new certificate."""
+        if self.error != "invalid_client":
+            return False
+        return not self.error_codes or self.error_codes[0] in REMEDIABLE_CODES
+
+    @property
+    def aadsts(self) -> str:
+        """``AADSTS<code>`` of the first code, or ``no error_codes``."""
+        return f"AADSTS{self.error_codes[0]}" if self.error_codes else "no error_codes"
+
+
+def _error_codes(value: Any) -> tuple[int, ...] | None:
+    """The ``error_codes`` member as integers; None when absent or empty. A member that is
+    present but holds no usable code gives ``(0,)``: present, and never remediable."""
+    if value is None or value == []:
+        return None
+    items = value if isinstance(value, list) else [value]
+    codes = []
+    for item in items:
+        if isinstance(item, bool):
+            continue
+        if isinstance(item, int) and 0 <= item < 1 << 31:
+            codes.append(item)
+        elif isinstance(item, str) and item.strip().isdigit() and len(item.strip()) <= 10:
+            codes.append(int(item.strip()))
+    return tuple(codes) or (0,)
 
 
 def token_url(mtls_endpoint: str, tenant_id: str) -> str:
@@ -111,13 +155,15 @@ def parse_token_response(status: int, body: bytes | Secret[bytes]) -> TokenRespo
         raise TokenError("ESTS answer is not a JSON object", status=status)
     token = _take_token(doc)
     if status != 200 or "error" in doc:
-        raise EstsRejected(
+        rejected = EstsRejected(
             "ESTS refused the token request",
             error=_text(doc.get("error")),
             error_description=_text(doc.get("error_description")),
             correlation_id=_text(doc.get("correlation_id")),
             status=status,
         )
+        rejected.error_codes = _error_codes(doc.get("error_codes"))
+        raise rejected
     token_type = doc.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "mtls_pop":
         raise TokenError("ESTS answered a token_type other than mtls_pop", status=status)
@@ -156,12 +202,16 @@ def request_token(
     claims: str | None,
     timeout: urllib3.Timeout,
     total_timeout: float | None = None,
+    correlation_id: str | None = None,
 ) -> TokenResponse:
     """POST the client_credentials/mtls_pop form over the certificate's mTLS pool.
 
     ``total_timeout`` bounds the whole request (connect, handshake, headers and body): a
     watchdog shuts the socket down when it passes, so an ESTS that trickles its answer cannot
     hold the caller longer (the read timeout only bounds each wait for bytes).
+    ``correlation_id`` is sent as ``client-request-id`` (one id per operation, as MSAL.NET
+    sends its request context's; a new one when None). An :class:`EstsRejected` says in
+    ``retry_after`` whether ESTS asked to back off.
     """
     import urllib3
 
@@ -179,7 +229,7 @@ def request_token(
     }
     if claims:
         form["claims"] = claims
-    cid = str(uuid.uuid4())
+    cid = correlation_id or str(uuid.uuid4())
     headers = {"Content-Type": "application/x-www-form-urlencoded", **client_headers(cid)}
     watch = Watchdog(total_timeout)
     try:
@@ -202,12 +252,15 @@ def request_token(
     echoed = resp.headers.get("client-request-id")
     if echoed and echoed.strip().lower() != cid:
         log.warning("ESTS returned client-request-id %s for request %s", echoed, cid)
-    log.debug("ESTS answered %s (client-request-id=%s)", resp.status, cid)
+    log.debug("ESTS answered %s (correlation_id=%s, x-ms-request-id=%s)", resp.status, cid,
+              resp.headers.get("x-ms-request-id") or "-")
     try:
         return parse_token_response(resp.status, Secret(body.reveal()[:_MAX_BODY]))
     except TokenError as exc:
         if not exc.correlation_id:
             exc.correlation_id = cid
+        if isinstance(exc, EstsRejected):
+            exc.retry_after = bool((resp.headers.get("Retry-After") or "").strip())
         raise
 
 

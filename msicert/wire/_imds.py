@@ -137,11 +137,25 @@ def _excerpt(body: bytes, redact: tuple[str, ...] = ()) -> str:
     return text[:200]
 
 
+# The longest value each field may hold: what a store entry records must fit in one
+# (``MAX_ENTRY_BYTES``), so an oversized field is refused here, as an IMDS error, rather than
+# by the store as a corrupt entry. Real values are far shorter (a certificate ~1.5 KiB).
+_MAX_FIELD = {"certificate": 24 * 1024, "mtls_authentication_endpoint": 2048,
+              "identity_type": 64, "attestationEndpoint": 2048}
+_MAX_OTHER_FIELD = 256  # ids and tenants: a GUID is 36, a DNS name at most 253
+
+
 def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
     value = doc.get(name)
     if not isinstance(value, str) or not value.strip():
         raise ImdsResponseError(
             f"IMDS {step} answer lacks a non-empty {name!r}", step=step, correlation_id=cid
+        )
+    limit = _MAX_FIELD.get(name, _MAX_OTHER_FIELD)
+    if len(value) > limit:
+        raise ImdsResponseError(
+            f"IMDS {step} answer has a {name!r} of {len(value)} characters (at most {limit})",
+            step=step, correlation_id=cid,
         )
     try:
         value.encode("utf-8")
@@ -155,6 +169,11 @@ def _require_str(doc: dict[str, Any], name: str, step: str, cid: str) -> str:
 
 # Printable ASCII and beyond, no control characters (a line break would split a store header).
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# identity_type: a short name (SystemAssigned, UserAssigned), printable ASCII only.
+_IDENTITY_TYPE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+# What .NET's Convert.FromBase64String skips inside base64 (MSAL Go's StdEncoding skips \r
+# and \n): IMDS may wrap the certificate, and the references accept it.
+_BASE64_SPACE = re.compile(r"[ \t\r\n]+")
 # A tenant as the authority takes it: a GUID, or a DNS name (contoso.onmicrosoft.com). Either
 # is safe in a URL path segment and as the CSR's IA5String DC; nothing else is accepted.
 _TENANT_DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -298,11 +317,11 @@ def parse_issued_credential(
     }
     fields["client_id"] = _client_id(doc, "client_id", step, cid)
     fields["tenant_id"] = _tenant_id(doc, "tenant_id", step, cid)
-    if not _PRINTABLE.fullmatch(fields["identity_type"]):
-        raise ImdsResponseError("identity_type holds control characters",
+    if not _IDENTITY_TYPE.fullmatch(fields["identity_type"]):
+        raise ImdsResponseError("identity_type is not a short printable ASCII name",
                                 step=step, correlation_id=cid)
     try:
-        der = base64.b64decode(fields["certificate"], validate=True)
+        der = base64.b64decode(_BASE64_SPACE.sub("", fields["certificate"]), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImdsResponseError(
             "issuecredential certificate is not base64", step=step, correlation_id=cid
@@ -351,15 +370,21 @@ class ImdsClient:
             self._pool = _watched_pool_manager()
         return self._pool
 
-    def _url(self, name: str, identity: Identity) -> str:
+    def _url(self, name: str, identity: Identity, *, bypass_cache: bool = False) -> str:
         query = _API + ("&" + urlencode(identity.query) if identity.query else "")
+        if bypass_cache:
+            query += "&bypass_cache=true"
         return f"{self.base_url}/metadata/identity/{name}?{query}"
 
     def _call(
         self, step: str, method: str, url: str, body: bytes | None,
         redact: tuple[str, ...] = (), deadline: float | None = None,
+        correlation_id: str | None = None,
     ) -> tuple[int, dict[str, str], bytes, str]:
         """One IMDS call with the retry policy; returns (status, headers, body, correlation).
+
+        ``correlation_id`` is the ``x-ms-client-request-id`` of every try (a new one when
+        None): one mint sends one id on both legs, as MSAL.NET sends its request context's.
 
         Only a 200 returns; its body is at most ``_MAX_BODY + 1`` bytes (the parsers refuse
         the extra byte). ``deadline`` (``time.monotonic()`` value) bounds the whole call:
@@ -368,7 +393,7 @@ class ImdsClient:
         finish in it."""
         import urllib3
 
-        cid = str(uuid.uuid4())
+        cid = correlation_id or str(uuid.uuid4())
         headers = request_headers(cid, with_body=body is not None)
         timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout)
         policy = self.retry
@@ -441,19 +466,27 @@ class ImdsClient:
             self._sleep(wait)
 
     def get_platform_metadata(
-        self, identity: Identity, *, deadline: float | None = None
+        self, identity: Identity, *, deadline: float | None = None,
+        correlation_id: str | None = None,
     ) -> PlatformMetadata:
         """GET getplatformmetadata, check the Server header and every required field."""
         step = "getplatformmetadata"
         return parse_platform_metadata(
-            *self._call(step, "GET", self._url(step, identity), None, deadline=deadline)
+            *self._call(step, "GET", self._url(step, identity), None, deadline=deadline,
+                        correlation_id=correlation_id)
         )
 
     def issue_credential(
         self, identity: Identity, csr_b64: str, attestation_token: str | None = None,
-        *, deadline: float | None = None,
+        *, deadline: float | None = None, bypass_cache: bool = False,
+        correlation_id: str | None = None,
     ) -> IssuedCredential:
-        """POST issuecredential with the CSR; return the validated answer."""
+        """POST issuecredential with the CSR; return the validated answer.
+
+        ``bypass_cache`` adds ``bypass_cache=true`` to the query: IMDS must issue a new
+        certificate rather than one it holds (the revocation spec: claims challenges and
+        revocation remediation).
+        """
         step = "issuecredential"
         payload: dict[str, str] = {"csr": csr_b64}
         redact: tuple[str, ...] = ()
@@ -462,7 +495,8 @@ class ImdsClient:
             redact = (attestation_token,)
         body = json.dumps(payload, separators=(",", ":")).encode("ascii")
         status, headers, data, cid = self._call(
-            step, "POST", self._url(step, identity), body, redact, deadline=deadline
+            step, "POST", self._url(step, identity, bypass_cache=bypass_cache), body, redact,
+            deadline=deadline, correlation_id=correlation_id,
         )
         return parse_issued_credential(status, headers, data, cid, redact=redact)
 

@@ -19,6 +19,8 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import _fork
+
 if TYPE_CHECKING:
     import urllib3
 
@@ -59,6 +61,13 @@ _cond = threading.Condition()
 _heap: list[tuple[float, int, _Entry]] = []
 _order = itertools.count()
 _thread: threading.Thread | None = None
+
+
+@_fork.in_child
+def _fresh_timer() -> None:
+    """A child has no timer thread, and the parent's watches are not its own."""
+    global _cond, _heap, _thread
+    _cond, _heap, _thread = threading.Condition(), [], None
 
 
 def arm(target: socket.socket | _HasSock, deadline: float) -> Cancel:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa  # loaded with x509 anyway
 
-from ... import _policy
+from ... import _fork, _policy
 from ..._errors import StoreError
 from ..._identity import Identity
 from ..._lazylog import LazyLogger
@@ -42,6 +42,7 @@ __all__ = ["MAX_ENTRY_BYTES", "FileStore", "default_directory"]
 log = LazyLogger("msicert")
 
 MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~3.5 KiB; anything larger is not ours
+_MAX_NOTE = 4096
 MAGIC = "msicert-entry: 1"
 _META = ("identity", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
 # Recorded at mint time (base64 of the DER names): the entry is identified by them, so a
@@ -91,9 +92,20 @@ def _nofollow(path: str, flags: int) -> int:
 # checks passed in this process
 _verified: set[tuple[bytes, str, str]] = set()
 _verified_lock = threading.Lock()
+
+
+@_fork.in_child
+def _fresh_memo_lock() -> None:
+    global _verified_lock
+    _verified_lock = threading.Lock()
 # (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
 _PARSED_MAX = 64
+
+
+def _issuer_key(issuer_cn: str | None) -> str:
+    # None (the issuer recorded at mint) and every spelling of an expected issuer differ.
+    return "\0recorded" if issuer_cn is None else issuer_cn.lower()
 
 
 def default_directory() -> str:
@@ -348,6 +360,42 @@ class FileStore:
         self._recheck_directory()
         return IdentityLock(self.path_for(identity)[: -len(".pem")] + ".lock", timeout=timeout)
 
+    def _note_path(self, identity: Identity, name: str) -> str:
+        if not name.isalnum():
+            raise ValueError(f"note name {name!r} is not alphanumeric")
+        return self.path_for(identity)[: -len(".pem")] + f".{name}"
+
+    def read_note(self, identity: Identity, name: str) -> bytes | None:
+        """The note file beside the lock (``msal_mtls[.<tag>].<name>``), if it is a small
+        regular file of ours that nobody else can write."""
+        try:
+            fd = _nofollow(self._note_path(identity, name), os.O_RDONLY | _O_BINARY)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or _foreign_owner(st) or st.st_size > _MAX_NOTE
+                    or (_POSIX and stat.S_IMODE(st.st_mode) & 0o022)):
+                return None
+            return os.read(fd, _MAX_NOTE + 1)[:_MAX_NOTE]
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
+        """Write (temp file, rename) or remove the note; an error is logged, never raised."""
+        path = self._note_path(identity, name)
+        try:
+            if data is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return
+            self._sweep(path)
+            self._atomic_write(path, Secret(data[:_MAX_NOTE]), sync=False)
+        except (OSError, StoreError) as exc:
+            log.debug("cannot write %s: %s", path, exc)
+
     def generate_key(self, identity: Identity) -> SoftwareKey:
         """RSA 2048 in memory; persisted only inside the 0600 entry file."""
         from ._software_key import SoftwareKey  # only minting needs key generation
@@ -361,7 +409,7 @@ class FileStore:
         return TlsCache()
 
     # --- read ------------------------------------------------------------------------------
-    def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
+    def find(self, identity: Identity, *, issuer_cn: str | None) -> BindingCertificate | None:
         """Load the identity's entry (never runs RSA key validation)."""
         self.ensure_directory()
         path = self.path_for(identity)
@@ -394,7 +442,7 @@ class FileStore:
         # new client reading an unchanged file skips the parse. Any change to the file misses.
         # Keyed by a digest, so these process-wide memos never hold private-key bytes.
         digest = hashlib.sha256(data.reveal()).digest()
-        key = (digest, identity, issuer_cn.lower(), path)
+        key = (digest, identity, _issuer_key(issuer_cn), path)
         hit = _parsed.get(key)
         if hit is not None:
             return hit
@@ -406,7 +454,8 @@ class FileStore:
         return entry
 
     def parse(
-        self, data: Secret[bytes] | bytes, identity: Identity, *, issuer_cn: str, location: str
+        self, data: Secret[bytes] | bytes, identity: Identity, *, issuer_cn: str | None,
+        location: str,
     ) -> BindingCertificate:
         """Parse and check one entry's bytes; CorruptEntry says why it cannot be used.
 
@@ -417,7 +466,7 @@ class FileStore:
         return self._parse(data, identity, issuer_cn, location, digest=None, thorough=False)
 
     def _parse(
-        self, data: Secret[bytes] | bytes, identity: Identity, issuer_cn: str, location: str,
+        self, data: Secret[bytes] | bytes, identity: Identity, issuer_cn: str | None, location: str,
         *, digest: bytes | None, thorough: bool,
     ) -> BindingCertificate:
         """:meth:`parse`; ``digest`` is SHA-256 of ``data`` when the caller has it already.
@@ -447,7 +496,7 @@ class FileStore:
         # Keyed by a digest, so the memo never holds private-key bytes.
         marker = (
             digest if digest is not None else hashlib.sha256(data.reveal()).digest(),
-            identity.alias, issuer_cn.lower(),
+            identity.alias, _issuer_key(issuer_cn),
         )
         checked = marker in _verified
         if not thorough:
@@ -468,9 +517,13 @@ class FileStore:
         if not checked:
             vetted = _recorded_names_match(cert, meta, location)
             # An older file is held to the subject rules it was written under (CN a GUID),
-            # never to more: what loaded before keeps loading.
+            # never to more: what loaded before keeps loading. Without an expected issuer,
+            # the one recorded at mint is the expectation; a file that records none is held
+            # to the default issuer.
+            expected = issuer_cn if issuer_cn is not None or vetted else \
+                _policy.DEFAULT_ISSUER_CN
             why = _policy.identity_mismatch(
-                cert, identity, issuer_cn=issuer_cn, subject_vetted=vetted
+                cert, identity, issuer_cn=expected, subject_vetted=vetted
             )
             if why:
                 raise CorruptEntry.refusing(why, location=location)
@@ -493,7 +546,7 @@ class FileStore:
 
     def _quick_entry(
         self, der: bytes, cert_block: bytes, key_block: Secret[bytes], meta: dict[str, str],
-        identity: Identity, issuer_cn: str, location: str, *, checked: bool,
+        identity: Identity, issuer_cn: str | None, location: str, *, checked: bool,
     ) -> BindingCertificate | None:
         """The entry, when the cheap checks vouch for it; None sends it the thorough way.
 
@@ -575,7 +628,9 @@ class FileStore:
             raise CorruptEntry("private key does not match the certificate", location=location)
 
     # --- write -----------------------------------------------------------------------------
-    def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
+    def put(
+        self, identity: Identity, entry: NewEntry, *, issuer_cn: str | None
+    ) -> BindingCertificate:
         """Atomically replace the identity's entry (call with the identity lock held)."""
         self._recheck_directory()
         values = {
@@ -609,7 +664,7 @@ class FileStore:
         self._atomic_write(path, data)
         return stored
 
-    def _atomic_write(self, path: str, data: Secret[bytes]) -> None:
+    def _atomic_write(self, path: str, data: Secret[bytes], *, sync: bool = True) -> None:
         tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-" \
               f"{os.urandom(4).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW | _O_CLOEXEC
@@ -624,7 +679,8 @@ class FileStore:
                 _write_range(fd, data, 0, half)
                 _crash_point("temp-half-written")
                 _write_range(fd, data, half, len(data))
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
                 _crash_point("temp-synced")
             finally:
                 os.close(fd)
@@ -634,7 +690,8 @@ class FileStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise StoreError(f"cannot write store entry {path}: {exc}") from exc
-        self._fsync_dir()
+        if sync:
+            self._fsync_dir()
 
     def _fsync_dir(self) -> None:
         if not _POSIX:
@@ -692,8 +749,10 @@ class FileStore:
             return None
 
     def purge(self, identity: Identity) -> int:
-        """Remove the identity's entry and its stray temp files."""
+        """Remove the identity's entry, its stray temp files and its notes (a purge starts
+        afresh: no back-off either)."""
         self._recheck_directory()
         path = self.path_for(identity)
         self._sweep(path)
+        self.write_note(identity, "backoff", None)
         return 1 if self.remove(identity) else 0

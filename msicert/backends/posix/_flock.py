@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from ... import _fork
 from ..._errors import StoreError
 from ..._lazylog import LazyLogger
 from ..contract import thread_lock
@@ -23,6 +24,24 @@ __all__ = ["IdentityLock"]
 log = LazyLogger("msicert")
 
 _POLL = 0.01
+_held: set[int] = set()  # descriptors that hold an flock in this process
+
+
+@_fork.in_child
+def _drop_inherited_locks() -> None:
+    """A forked child must not keep the parent's flock alive: the lock belongs to the open
+    file description, which the child's copy of the descriptor would keep open after the
+    parent closes its own. Each copy is pointed at /dev/null instead of closed, so the
+    parent's ``with`` block, if it is the one that forked, still closes a valid descriptor."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for fd in list(_held):
+            os.dup2(null, fd)  # drops the child's reference to the locked description
+    finally:
+        os.close(null)
+    _held.clear()
 
 
 class IdentityLock:
@@ -52,9 +71,11 @@ class IdentityLock:
             if fd is None:
                 yield False
                 return
+            _held.add(fd)
             try:
                 yield True
             finally:
+                _held.discard(fd)
                 os.close(fd)  # closing the descriptor releases the flock
         finally:
             self._thread.release()

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..._model import BindingCertificate
+from ..._secret import Secret
 from ...wire._watchdog import watched_pool_class
 from ..contract import StaleCertificate
 from ._trust import add_extra_trust
@@ -68,21 +69,34 @@ def _fd_path(fd: int, inode: tuple[int, int]) -> str | None:
         return None
 
 
+def _holds(fd: int, cert_pem: bytes) -> bool:
+    """True when the entry open at ``fd`` holds ``cert_pem``. The bytes read hold the private
+    key: they live only inside this call's expression, never in a local of any frame."""
+    return bool(cert_pem) and cert_pem in Secret(os.read(fd, 64 * 1024)).reveal()
+
+
 def load_entry(ctx: ssl.SSLContext, cert: BindingCertificate) -> None:
     """Load ``cert`` and its key into ``ctx`` from one inode of the store entry ``cert.store``.
 
-    StaleCertificate when the entry no longer holds ``cert`` (another process rotated it).
+    StaleCertificate when the entry no longer holds ``cert``: another process rotated it, or
+    it (or the whole directory) is gone or cannot be read any more.
     """
     stale = StaleCertificate(f"store entry {cert.store} no longer holds {cert.x5t_s256}")
-    fd_cert = _open(cert.store)
     try:
-        fd_key = _open(cert.store)
+        fd_cert = _open(cert.store)
+    except OSError as exc:
+        raise StaleCertificate(f"store entry {cert.store} cannot be opened "
+                               f"({exc.strerror or type(exc).__name__})") from None
+    try:
+        try:
+            fd_key = _open(cert.store)
+        except OSError:
+            raise stale from None  # removed between the two opens
         try:
             inode = _inode(os.fstat(fd_cert))
             if _inode(os.fstat(fd_key)) != inode:
                 raise stale  # renamed over between the two opens
-            head = os.read(fd_key, 64 * 1024)
-            if not cert.cert_pem or cert.cert_pem not in head:
+            if not _holds(fd_key, cert.cert_pem):
                 raise stale
             os.lseek(fd_key, 0, os.SEEK_SET)  # BSD's /dev/fd shares this offset with OpenSSL
             if sys.platform == "win32":  # no /dev/fd; a file being read cannot be renamed over
@@ -112,13 +126,25 @@ class TlsCache:
 
     def __init__(self, *, max_entries: int = 4, pool_maxsize: int = 10) -> None:
         self._entries: OrderedDict[str, tuple[ssl.SSLContext, urllib3.PoolManager]] = OrderedDict()
+        self._callers: OrderedDict[str, ssl.SSLContext] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
         self._pool_maxsize = pool_maxsize
 
     def context(self, cert: BindingCertificate) -> ssl.SSLContext:
-        """The cached context for ``cert`` (built on first use)."""
-        return self._get(cert)[0]
+        """A context presenting ``cert`` for the caller's own HTTP client, built once per
+        certificate and never the one msicert's pools use: trusting an extra CA in it
+        (``load_verify_locations``) cannot make msicert trust that CA for ESTS."""
+        hit = self._callers.get(cert.x5t_s256)
+        if hit is not None:
+            return hit
+        with self._lock:
+            hit = self._callers.get(cert.x5t_s256)
+            if hit is None:
+                hit = self._callers[cert.x5t_s256] = build_context(cert)
+                while len(self._callers) > self._max:
+                    self._callers.popitem(last=False)
+            return hit
 
     def pool(self, cert: BindingCertificate) -> urllib3.PoolManager:
         """The cached PoolManager whose TLS presents ``cert``."""
@@ -147,9 +173,10 @@ class TlsCache:
             return ctx, pool
 
     def evict(self, x5t_s256: str) -> None:
-        """Drop a certificate's context and close its connections."""
+        """Drop a certificate's contexts and close its connections."""
         with self._lock:
             gone = self._entries.pop(x5t_s256, None)
+            self._callers.pop(x5t_s256, None)
         if gone is not None:
             gone[1].clear()
 
@@ -158,5 +185,6 @@ class TlsCache:
         with self._lock:
             gone = list(self._entries.values())
             self._entries.clear()
+            self._callers.clear()
         for _, pool in gone:
             pool.clear()

@@ -46,7 +46,7 @@ from ..._errors import StoreError
 from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
-from ..contract import CorruptEntry, NewEntry
+from ..contract import CorruptEntry, NewEntry, StaleCertificate
 from ._mutex import MutexLock
 from ._ncrypt_key import NCryptRsaKey, generate_key, key_is_alive, was_attested
 
@@ -324,7 +324,7 @@ class WindowsStore:
                 log.debug("key %s not deleted: %s", info.container, exc)
 
     # --- the Store contract -------------------------------------------------------------------
-    def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
+    def find(self, identity: Identity, *, issuer_cn: str | None) -> BindingCertificate | None:
         """Newest NotAfter among the identity's entries; CorruptEntry if only bad ones exist.
 
         Entries whose subject names another identity are skipped, not reported.
@@ -359,7 +359,8 @@ class WindowsStore:
             raise CorruptEntry("its key failed a test signature or is not the certificate's "
                                "(per-boot key after a reboot?)", location=self.description)
 
-    def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
+    def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str | None
+            ) -> BindingCertificate:
         """Add the certificate linked to its CNG key; drop the identity's older entries.
 
         Once the certificate is in the store, put does not fail for the clean-up of older
@@ -484,6 +485,14 @@ class WindowsStore:
         primary, fallback = mutex_names(self.location, identity, machine=self.machine)
         return MutexLock(primary, timeout=timeout, fallback=fallback)
 
+    def read_note(self, identity: Identity, name: str) -> bytes | None:
+        """None: a certificate store has no cheap place for notes, so the mint back-off is
+        shared by the threads of one process only."""
+        return None
+
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
+        """Nothing to write (see :meth:`read_note`)."""
+
     def generate_key(self, identity: Identity) -> NCryptRsaKey:
         """KeyGuard first, else a non-exportable software-KSP key."""
         return generate_key(identity, machine=self.machine)
@@ -495,7 +504,8 @@ class WindowsStore:
         return WinHttpCache(self.cert_ref, self.description)
 
     def cert_ref(self, x5t: str) -> CertRef:
-        """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP); StoreError if gone."""
+        """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP); StaleCertificate
+        when it is gone (another process renewed or purged it)."""
         import msicert_native
 
         with self._open() as store:
@@ -506,7 +516,7 @@ class WindowsStore:
                 else:
                     ref.close()
         if found is None:
-            raise StoreError(f"certificate {x5t} is no longer in {self.description}")
+            raise StaleCertificate(f"certificate {x5t} is no longer in {self.description}")
         return found
 
 
