@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._capabilities import MinStrengthNotMet
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
@@ -35,11 +36,13 @@ __all__ = [
     "ImdsResponseError",
     "KeyNotExportableError",
     "ManagedIdentityClient",
+    "MinStrengthNotMet",
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
     "Timeouts",
     "TokenError",
+    "capabilities",
     "probe",
 ]
 
@@ -51,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from ._probe import probe
 
         return probe
+    if name == "capabilities":
+        from ._capabilities import capabilities
+
+        return capabilities
     raise AttributeError(f"module 'msicert' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _policy
+from ._capabilities import check_min_strength
 from ._errors import (
     AttestationRequiredError,
     ImdsError,
@@ -160,6 +161,10 @@ class ManagedIdentityClient:
     (``connect_timeout``, ``read_timeout``, ``deadline``, ``ests_connect_timeout``,
     ``ests_read_timeout``, ``ests_total_timeout``) still work, with a DeprecationWarning.
 
+    ``min_strength`` (``"bearer"``, ``"software"`` or ``"keyguard"``) is a floor on the
+    binding strength: when this host cannot meet it, :class:`~msicert.MinStrengthNotMet`
+    (naming the host's strength) is raised here, before any IMDS call; never a downgrade.
+
     Waiting for another thread or process that holds the identity's lock lasts
     :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
     when that is longer. A waiter therefore never gives up on a holder (with the same settings)
@@ -185,6 +190,7 @@ class ManagedIdentityClient:
         lock_timeout: float | None = None,
         renewal_backoff: float = 30.0,
         renewal_deadline: float = 10.0,
+        min_strength: str | None = None,
         # deprecated: the fields of imds_timeouts / ests_timeouts
         connect_timeout: float | _Unset = _UNSET,
         read_timeout: float | _Unset = _UNSET,
@@ -221,6 +227,9 @@ class ManagedIdentityClient:
                              "knows where its entries live")
         self.issuer_cn = issuer or os.environ.get(ENV_ISSUER) or _policy.DEFAULT_ISSUER_CN
         self._store = store if store is not None else default_store(store_dir, store_location)
+        # A floor, checked here before any IMDS call (msicert._capabilities.check_min_strength)
+        self.min_strength = (None if min_strength is None
+                             else check_min_strength(self._store, min_strength, imds_endpoint))
         self._imds_endpoint = imds_endpoint
         self._retry = retry
         self._imds_client: ImdsClient | None = None
