@@ -47,7 +47,7 @@ def test_secret_client_in_one_line_writes_first_then_reads(make_client, emu):
     secrets = SecretClient(emu.vault_url, **sdk_kwargs(client))
     assert secrets.set_secret("db-password", "hunter2").value == "hunter2"  # a write first
     assert secrets.get_secret("db-password").value == "hunter2"
-    challenge, put, get = [r for r in emu.requests if r.endpoint == "keyvault"]
+    challenge, put, _ = [r for r in emu.requests if r.endpoint == "keyvault"]
     assert "Authorization" not in challenge.headers and challenge.body == b""
     assert json.loads(put.body) == {"value": "hunter2"}  # the body came back after the challenge
     assert [a.split(" ")[0] for a in _auth(emu, "keyvault")] == ["", "mtls_pop", "mtls_pop"]
