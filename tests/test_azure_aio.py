@@ -147,3 +147,13 @@ def test_import_msicert_azure_imports_no_aiohttp():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=cli_env(), cwd=str(ROOT), check=True).stdout
     assert out.strip() == "False"
+
+
+def test_aiohttp_is_an_extra_and_never_a_core_dependency():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not any(d.lower().startswith("aiohttp") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("aiohttp") for d in extras["azure-aio"])
+    assert not any(d.startswith("aiohttp") for d in extras["azure"])

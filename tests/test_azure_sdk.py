@@ -303,3 +303,23 @@ def test_winhttp_responses_stream_through_the_same_path_fake_native_stream(make_
     assert stream.reads == []  # nothing read before the caller iterates
     assert b"".join(response.iter_bytes()) == DATA
     assert set(stream.reads) == {4096} and stream.closed and response.is_closed
+
+
+def test_the_stand_ins_refuse_another_audience_and_another_certificates_token(
+        make_client, emu, tmp_path):
+    mine = make_client()
+    other = make_client(store_dir=str(tmp_path / "other"))  # its own certificate
+    vault_token = sdk_kwargs(mine)["credential"].get_token_info(
+        emu.resources.vault_resource).token
+    headers = {"Authorization": f"mtls_pop {vault_token}", "x-ms-version": "2025-01-05"}
+    wrong_aud = MtlsTransport(mine).send(HttpRequest("HEAD", f"{emu.blob_url}/box/b",
+                                                     headers=headers))
+    assert wrong_aud.status_code == 401
+    wrong_cert = MtlsTransport(other).send(HttpRequest(
+        "GET", f"{emu.vault_url}/secrets/x?api-version=7.6", headers=headers))
+    assert wrong_cert.status_code == 401
+    assert "Bearer authorization=" in wrong_cert.headers["WWW-Authenticate"]
+    assert emu.violations == [
+        f"blob: access token is for {emu.resources.vault_resource!r}, not "
+        "'https://storage.azure.com'",
+        "keyvault: access token is bound to another certificate (cnf.x5t#S256 mismatch)"]
