@@ -323,3 +323,27 @@ def test_the_stand_ins_refuse_another_audience_and_another_certificates_token(
         f"blob: access token is for {emu.resources.vault_resource!r}, not "
         "'https://storage.azure.com'",
         "keyvault: access token is bound to another certificate (cnf.x5t#S256 mismatch)"]
+
+
+def test_another_process_replacing_the_entry_costs_no_401(make_client, emu, store_dir):
+    """The client holds the old certificate in memory (no connection yet) while another
+    process deletes the entry and mints a new one: the SDK calls use the store's new one."""
+    from tests.conftest import run_cli
+
+    client = make_client()
+    first = client.get_certificate().x5t_s256
+    env = {"MSICERT_STORE_DIR": store_dir, "AZURE_POD_IDENTITY_AUTHORITY_HOST": emu.imds_url}
+    assert run_cli("purge", env=env).returncode == 0  # another process: delete, then mint
+    assert run_cli("cert", env=env).returncode == 0
+    emu.reset()
+    calls = _three_clients(emu, sdk_kwargs(client))
+    for name, call in calls.items():
+        call(name)
+    second = client.get_certificate().x5t_s256
+    assert second != first and second == client.status().x5t_s256
+    assert emu.count("issuecredential") == 0  # the other process's certificate is used
+    assert emu.count("keyvault") == 3 and emu.count("blob") == 2  # challenge+2; create+put
+    assert emu.violations == []
+    used = [r for r in emu.requests if r.endpoint in ("keyvault", "blob")
+            and "Authorization" in r.headers]
+    assert {_bound_to(r.headers["Authorization"]) for r in used} == {second}
