@@ -287,7 +287,7 @@ class Emulator:
     # -- observation and faults ---------------------------------------------------------
     def count(self, name: str) -> int:
         """Requests received by ``name`` (getplatformmetadata, issuecredential, token,
-        resource), faulted ones included."""
+        resource, keyvault, blob), faulted ones included."""
         return self._state.count(name)
 
     @property
