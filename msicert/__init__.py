@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._backoff import Backoff, BackoffActive
+from ._capabilities import MinStrengthNotMet
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
@@ -38,11 +39,13 @@ __all__ = [
     "ImdsResponseError",
     "KeyNotExportableError",
     "ManagedIdentityClient",
+    "MinStrengthNotMet",
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
     "Timeouts",
     "TokenError",
+    "capabilities",
     "probe",
 ]
 
@@ -54,4 +57,8 @@ def __getattr__(name: str) -> Any:
         from ._probe import probe
 
         return probe
+    if name == "capabilities":
+        from ._capabilities import capabilities
+
+        return capabilities
     raise AttributeError(f"module 'msicert' has no attribute {name!r}")

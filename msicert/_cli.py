@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("purge", parents=[common], help="remove the identity's stored certificate")
     _identity_args(u)
     pr = sub.add_parser("probe", parents=[common],
-                        help="which managed identity source this host has (imds_v2/v1/none)")
+                        help="which managed identity source this host has (imds_v2/v1/none) and "
+                             "its max binding strength (keyguard/software/bearer/none)")
     pr.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                     help="answer within this long (default 2)")
     pr.add_argument("--imds-endpoint", default=None,
@@ -395,17 +396,21 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from ._probe import probe
+    from ._capabilities import capabilities
 
-    result = probe(args.imds_endpoint, timeout=args.timeout)
+    caps = capabilities(args.imds_endpoint, timeout=args.timeout)
+    result = caps.probe
     if args.json:
-        _print_json(result.to_json())
+        _print_json(caps.to_json())
     else:
         print(f"source  {result.source}")
         if result.imds_v2_reason:
             print(f"imds_v2  {result.imds_v2_reason}")
         if result.imds_v1_reason:
             print(f"imds_v1  {result.imds_v1_reason}")
+        print(f"max_binding_strength  {caps.max_binding_strength}")
+        for reason in caps.reasons:
+            print(f"  because  {reason}")
     if result.unreachable:
         print(f"msicert probe: {HINT_NOT_ON_AZURE}", file=sys.stderr)
     return 0 if result.source == "imds_v2" else 1

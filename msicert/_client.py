@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _correlation, _fork, _policy
 from ._backoff import DEFAULT_BACKOFF, Backoff, MintGate, gate_for
+from ._capabilities import check_min_strength
 from ._errors import (
     AttestationRequiredError,
     ImdsError,
@@ -187,6 +188,10 @@ class ManagedIdentityClient:
     answering ``invalid_client`` (revocation): msicert mints with ``bypass_cache=true`` and
     retries, with growing pauses, until ESTS accepts or the time is up.
 
+    ``min_strength`` (``"bearer"``, ``"software"`` or ``"keyguard"``) is a floor on the
+    binding strength: when this host cannot meet it, :class:`~msicert.MinStrengthNotMet`
+    (naming the host's strength) is raised here, before any IMDS call; never a downgrade.
+
     Waiting for another thread or process that holds the identity's lock lasts
     :attr:`lock_wait`: that IMDS budget plus ``MINT_OVERHEAD`` (30 s), or ``lock_timeout``
     when that is longer. A waiter therefore never gives up on a holder (with the same settings)
@@ -213,6 +218,7 @@ class ManagedIdentityClient:
         mint_backoff: Backoff = DEFAULT_BACKOFF,
         renewal_deadline: float = 10.0,
         remediation_timeout: float = 120.0,
+        min_strength: str | None = None,
         # deprecated: the fields of imds_timeouts / ests_timeouts
         connect_timeout: float | _Unset = _UNSET,
         read_timeout: float | _Unset = _UNSET,
@@ -252,6 +258,9 @@ class ManagedIdentityClient:
         #: The issuer fragment every certificate must carry, or None: what IMDS issued.
         self.issuer_cn: str | None = issuer or os.environ.get(ENV_ISSUER) or None
         self._store = store if store is not None else default_store(store_dir, store_location)
+        # A floor, checked here before any IMDS call (msicert._capabilities.check_min_strength)
+        self.min_strength = (None if min_strength is None
+                             else check_min_strength(self._store, min_strength, imds_endpoint))
         self._imds_endpoint = imds_endpoint
         self._retry = retry
         self._imds_client: ImdsClient | None = None

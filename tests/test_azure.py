@@ -67,7 +67,7 @@ def test_credential_builds_its_own_client_from_keyword_arguments(emu, store_dir)
 
 def test_credential_refuses_another_tenant_and_wraps_msicert_errors(make_client, emu):
     credential = MtlsPopCredential(make_client())
-    with pytest.raises(ClientAuthenticationError, match="one tenant"):
+    with pytest.raises(ClientAuthenticationError, match=f"tenant {emu.tenant_id}.*tenant other"):
         credential.get_token(SCOPE, tenant_id="other")
     emu.inject("token", Fault(kind="invalid_client", times=None))
     with pytest.raises(ClientAuthenticationError, match="invalid_client"):

@@ -886,6 +886,8 @@ def test_control_api_drives_faults_config_stats_and_reset(emulator):
         "issuecredential": 1,
         "token": 0,
         "resource": 0,
+        "keyvault": 0,
+        "blob": 0,
     }
     assert len(stats["violations"]) == 3 and stats["issued"] >= 1
     assert control(emulator, "POST", "reset")[0] == 200

@@ -2,7 +2,8 @@
 
 ``Emulator`` runs real servers on loopback: IMDS over HTTP (getplatformmetadata,
 issuecredential, and a ``/__emulator__/`` control API) and ESTS over mutual TLS (the
-``mtls_pop`` token endpoint and a protected ``/resource``). It checks every request against
+``mtls_pop`` token endpoint and a protected ``/resource``), plus Key Vault and Blob storage
+stand-ins over mutual TLS for the real Azure SDK clients. It checks every request against
 the wire contract, records violations, and injects faults on demand.
 """
 

@@ -10,13 +10,14 @@ __all__ = ["ENDPOINTS", "HANDSHAKE_KINDS", "IMDS_ENDPOINTS", "Fault", "FaultQueu
 
 IMDS_ENDPOINTS = ("getplatformmetadata", "issuecredential")
 ESTS_ENDPOINTS = ("token", "resource")
-ENDPOINTS = IMDS_ENDPOINTS + ESTS_ENDPOINTS
+RESOURCE_ENDPOINTS = ("keyvault", "blob")  # the Key Vault and Blob stand-ins (_resources.py)
+ENDPOINTS = IMDS_ENDPOINTS + ESTS_ENDPOINTS + RESOURCE_ENDPOINTS
 
 _ALL = frozenset(ENDPOINTS)
 _KIND_ENDPOINTS: dict[str, frozenset[str]] = {
     "": _ALL,
     "no_server_header": frozenset(IMDS_ENDPOINTS),
-    "malformed_json": _ALL,
+    "malformed_json": frozenset(IMDS_ENDPOINTS + ESTS_ENDPOINTS),
     "wrong_key": frozenset({"issuecredential"}),
     "expired": frozenset({"issuecredential"}),
     "not_yet_valid": frozenset({"issuecredential"}),

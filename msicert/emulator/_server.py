@@ -21,10 +21,12 @@ from typing import TextIO
 from cryptography import x509
 
 from . import _ca
+from ._blob import ACCOUNT as BLOB_ACCOUNT
 from ._ests import EstsHandler, handshake_failure_hook, reject_handshake_hook, server_context
 from ._faults import Fault
 from ._http import Server
 from ._imds import ImdsHandler
+from ._resources import ResourceServer
 from ._state import MAX_AHEAD, MAX_LIFETIME, RecordedRequest, State
 
 __all__ = ["Emulator", "EmulatorOptionError", "check_options", "serve"]
@@ -177,6 +179,9 @@ class Emulator:
             on_handshake_failure=handshake_failure_hook(self._state),
         )
         self._servers.append(ests)
+        self._servers.append(ResourceServer(
+            (self.host, 0), self._state, tls=context,
+            on_handshake_failure=handshake_failure_hook(self._state)))
         self._state.ests_url = _authority("https", ests)
         self._state.drop_idle_ests = lambda: ests.close_connections(idle_only=True)
         for server in self._servers:
@@ -226,7 +231,7 @@ class Emulator:
 
     # -- addresses ----------------------------------------------------------------------
     def _server(self, index: int) -> Server:
-        if len(self._servers) != 2 or self._stopped:
+        if len(self._servers) != 3 or self._stopped:
             raise RuntimeError("the emulator is not running")
         return self._servers[index]
 
@@ -240,6 +245,23 @@ class Emulator:
         """``https://host:port`` of ESTS (returned as ``mtls_authentication_endpoint``)."""
         self._server(1)
         return self._state.ests_url
+
+    @property
+    def vault_url(self) -> str:
+        """``https://host:port`` of the Key Vault stand-in (``SecretClient``'s vault_url)."""
+        return _authority("https", self._server(2))
+
+    @property
+    def blob_url(self) -> str:
+        """The Blob stand-in's account URL (``BlobServiceClient``'s account_url)."""
+        return f"{_authority('https', self._server(2))}/{BLOB_ACCOUNT}"
+
+    @property
+    def resources(self) -> ResourceServer:
+        """The stand-ins' server: ``.vault`` and ``.account`` hold what they store."""
+        server = self._server(2)
+        assert isinstance(server, ResourceServer)
+        return server
 
     @property
     def ca_file(self) -> str:
@@ -269,7 +291,7 @@ class Emulator:
     # -- observation and faults ---------------------------------------------------------
     def count(self, name: str) -> int:
         """Requests received by ``name`` (getplatformmetadata, issuecredential, token,
-        resource), faulted ones included."""
+        resource, keyvault, blob), faulted ones included."""
         return self._state.count(name)
 
     @property
