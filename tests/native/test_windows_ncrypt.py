@@ -220,3 +220,76 @@ def test_rejected_key_is_gone_from_the_ksp_faked_policy(
     with pytest.raises(_native().NativeError) as info:
         _native().open_key(provider, rejected.name)
     assert info.value.function == "NCryptOpenKey"
+
+
+# --- what the shared binding key needs: usage, no-overwrite creation, listing, age -----------
+
+
+def test_signing_only_key_signs_pss_and_exports_its_public_half(provider: Any) -> None:
+    """MSAL.NET's HardwareRSAKey is created with KeyUsage = Signing (CreateUserPcpRsa)."""
+    native = _native()
+    name = f"msicert-test-sign-{uuid.uuid4()}"
+    with native.create_rsa_key(provider, name, keyguard=False,
+                               usage=native.constants.NCRYPT_ALLOW_SIGNING_FLAG) as created:
+        digest = hashlib.sha256(b"signing only").digest()
+        signature = native.sign_pss_sha256(created, digest)
+        _public(created).verify(signature, b"signing only", padding.PSS(
+            padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+        if not is_wine():  # Wine keeps no key properties
+            from msicert_native._backend import impl
+
+            _, usage = impl.ncrypt_get_property(
+                created.handle, native.constants.NCRYPT_KEY_USAGE_PROPERTY, 4, 0)
+            assert int.from_bytes(usage, "little") == native.constants.NCRYPT_ALLOW_SIGNING_FLAG
+            native.delete_key(created)
+
+
+@skip_on_wine("keys are not persisted, so a second key of one name is never refused")
+def test_creating_without_overwrite_refuses_an_existing_key(provider: Any) -> None:
+    native = _native()
+    name = f"msicert-test-exists-{uuid.uuid4()}"
+    first = native.create_rsa_key(provider, name, keyguard=False, overwrite=False)
+    try:
+        spki = native.export_public_spki(first)
+        with pytest.raises(native.NativeError) as info:
+            native.create_rsa_key(provider, name, keyguard=False, overwrite=False)
+        assert info.value.code == native.constants.NTE_EXISTS
+        with native.open_key(provider, name) as again:
+            assert native.export_public_spki(again) == spki  # the first key is untouched
+    finally:
+        native.delete_key(first)
+
+
+def test_key_names_are_listed_or_the_stub_says_not_supported(provider: Any) -> None:
+    """Real Windows lists a key just created; Wine's NCryptEnumKeys is a stub
+    (NTE_NOT_SUPPORTED), which callers take as "cannot list"."""
+    native = _native()
+    name = f"msicert-test-enum-{uuid.uuid4()}"
+    created = native.create_rsa_key(provider, name, keyguard=False)
+    try:
+        if is_wine():
+            with pytest.raises(native.NativeError) as info:
+                native.enum_key_names(provider)
+            assert info.value.function == "NCryptEnumKeys"
+            assert info.value.code == native.constants.NTE_NOT_SUPPORTED
+            return
+        names = native.enum_key_names(provider)
+        assert name in names and len(names) == len(set(names))
+    finally:
+        if not is_wine():
+            native.delete_key(created)
+        created.close()
+
+
+def test_key_last_modified_is_now_or_unknown(provider: Any) -> None:
+    import time
+
+    native = _native()
+    name = f"msicert-test-age-{uuid.uuid4()}"
+    with native.create_rsa_key(provider, name, keyguard=False) as created:
+        when = native.key_last_modified(created)
+        if is_wine():
+            assert when is None  # Wine keeps no key properties
+        else:
+            assert when is not None and abs(when - time.time()) < 600
+            native.delete_key(created)
