@@ -72,7 +72,7 @@ def test_mutex_name_errors_are_native_errors() -> None:
     assert info.value.function == "CreateMutexW"
 
 
-# --- the store's mutex namespace (issue 11.10) ----------------------------------------------
+# --- msicert's single-flight mutex namespace -------------------------------------------
 
 
 def _lock_names(location: str = "current-user") -> Any:

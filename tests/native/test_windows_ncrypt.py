@@ -171,17 +171,23 @@ def test_keyguard_key_or_documented_fallback(provider: Any) -> None:
         native.delete_key(key)
 
 
-# --- a key that fails its export-policy check is deleted, not leaked (issue 11.10) ---------
+# --- a binding key that fails its export-policy check ----------------------------------------
 
 
-def _generate_with_exportable_policy_faked(
-        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
-    """msicert's generate_key with the export-policy answer faked to NCRYPT_ALLOW_EXPORT_FLAG
-    (no KSP makes a key that msicert asked to be non-exportable exportable on its own).
-    Returns the key that was checked and the keys msicert asked NCryptDeleteKey to delete."""
+def _held(*_a: Any) -> Any:
+    import contextlib
+
+    return contextlib.nullcontext(True)
+
+
+def _provision_with_exportable_policy_faked(
+        monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """msicert's binding-key provisioning with the export-policy answer faked to
+    NCRYPT_ALLOW_EXPORT_FLAG (no KSP makes a key that msicert asked to be non-exportable
+    exportable on its own). Returns the keys checked and those NCryptDeleteKey was asked to
+    delete."""
     import msicert_native
-    from msicert import Identity
-    from msicert.backends.windows._ncrypt_key import generate_key
+    from msicert.backends.windows import _ncrypt_key
 
     checked: list[Any] = []
     deleted: list[Any] = []
@@ -195,31 +201,54 @@ def _generate_with_exportable_policy_faked(
         deleted.append(key)
         real_delete(key)
 
+    from msicert import StoreError
+
     monkeypatch.setattr(msicert_native, "get_export_policy", exportable)
     monkeypatch.setattr(msicert_native, "delete_key", delete_spy)
-    with pytest.raises(msicert_native.NativeError, match="export policy is 0x1, not 0"):
-        generate_key(Identity())
-    (rejected,) = checked
-    return rejected, deleted
+    with pytest.raises((msicert_native.NativeError, StoreError),
+                       match="export policy is 0x1, not 0"):
+        _ncrypt_key.binding_key("system", machine=False, hold=_held, purge=lambda name: 0)
+    return checked, deleted
 
 
-def test_key_failing_its_export_policy_check_is_deleted_faked_policy(
+@skip_on_wine("NCryptOpenKey is a stub, so every provisioning creates: the case of a key that "
+              "already exists cannot arise; the created case is "
+              "test_created_binding_key_failing_its_export_policy_check_is_deleted_faked_policy")
+def test_existing_binding_key_failing_its_export_policy_check_is_refused_not_deleted_faked(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    rejected, deleted = _generate_with_exportable_policy_faked(monkeypatch)
-    assert rejected.name.startswith("msicert-system-")
-    assert deleted[-1] is rejected  # deleted, not left behind in the KSP
+    import msicert_native
+    from msicert.backends.windows import _ncrypt_key
+
+    _ncrypt_key.binding_key("system", machine=False, hold=_held, purge=lambda name: 0)
+    _ncrypt_key.forget_binding_keys()  # a new process finds the key
+    checked, deleted = _provision_with_exportable_policy_faked(monkeypatch)
+    assert checked and deleted == []  # another library's key: never deleted
+    assert all(key.closed for key in checked)
+    with msicert_native.open_provider() as provider:  # still there for its owners
+        msicert_native.open_key(provider, checked[-1].name).close()
+
+
+def test_created_binding_key_failing_its_export_policy_check_is_deleted_faked_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import msicert_native
+
+    real_open, real_create = msicert_native.open_key, msicert_native.create_rsa_key
+
+    def absent(*args: Any, **kw: Any) -> Any:  # no key yet: provisioning must create
+        raise msicert_native.NativeError("NCryptOpenKey", status=0x80090016)
+
+    def create_over(*args: Any, **kw: Any) -> Any:  # the real key may exist (real Windows)
+        return real_create(*args, **{**kw, "overwrite": True})
+
+    if not is_wine():  # Wine's NCryptOpenKey never finds a key anyway
+        monkeypatch.setattr(msicert_native, "open_key", absent)
+        monkeypatch.setattr(msicert_native, "create_rsa_key", create_over)
+    checked, deleted = _provision_with_exportable_policy_faked(monkeypatch)
+    monkeypatch.setattr(msicert_native, "open_key", real_open)
+    rejected = checked[-1]
+    assert rejected.name in ("KeyGuardRSAKey", "HardwareRSAKey")
+    assert deleted[-1] is rejected  # created by msicert just now: deleted, not left behind
     assert rejected.closed  # NCryptDeleteKey freed it or, where it failed, it was closed
-
-
-@skip_on_wine("NCryptOpenKey/NCryptDeleteKey are stubs (NTE_NOT_SUPPORTED): Wine cannot show "
-              "the rejected key is gone from the KSP; the delete attempt is asserted by "
-              "test_key_failing_its_export_policy_check_is_deleted_faked_policy")
-def test_rejected_key_is_gone_from_the_ksp_faked_policy(
-        monkeypatch: pytest.MonkeyPatch, provider: Any) -> None:
-    rejected, _ = _generate_with_exportable_policy_faked(monkeypatch)
-    with pytest.raises(_native().NativeError) as info:
-        _native().open_key(provider, rejected.name)
-    assert info.value.function == "NCryptOpenKey"
 
 
 # --- what the shared binding key needs: usage, no-overwrite creation, listing, age -----------
