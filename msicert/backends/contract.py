@@ -180,8 +180,9 @@ class Store(Protocol):
         """The entry for ``identity`` (source ``"store"``), None if absent; CorruptEntry if bad."""
 
     def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str) -> BindingCertificate:
-        """Persist atomically with ``entry.key``, replacing the identity's previous entry;
-        return it as stored."""
+        """Persist atomically with ``entry.key``; :meth:`find` returns it next (a store shared
+        with other libraries may keep older entries until they expire). Return it as stored,
+        or with ``source`` ``"memory"`` when a shared store could not take it now."""
 
     def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
         """Remove the identity's entry (only if it still holds ``x5t_s256`` when given)."""

@@ -630,3 +630,107 @@ def test_old_msicert_keys_without_certificates_are_swept_after_a_mint(
         drop(issued["der"])
         with native.open_provider() as provider, native.open_key(provider, used) as k:
             native.delete_key(k)
+
+
+# --- what only real Windows shows: keys that outlive the process -----------------------------
+
+
+@skip_on_wine("keys do not survive the process (NCryptOpenKey/NCryptDeleteKey are stubs)")
+def test_binding_key_made_by_one_process_is_reused_by_the_next_without_a_purge(
+        make_client: Any) -> None:
+    client = make_client()
+    cert = client.get_certificate()
+    entry = _ours(cert)
+    out = _msicert("purge")  # a new process: removes our entry only
+    assert out.returncode == 0, out.stderr
+    assert not in_store(cert.der)
+    key_name = entry.container
+    import msicert_native as native
+
+    with native.open_provider() as provider, native.open_key(provider, key_name or "") as key:
+        before_spki = native.export_public_spki(key)
+    minted = _msicert("cert", "--json")  # another new process mints with the same key
+    assert minted.returncode == 0, minted.stderr
+    got = json.loads(minted.stdout)
+    assert got["source"] == "imds"
+    with native.open_provider() as provider, native.open_key(provider, key_name or "") as key:
+        assert native.export_public_spki(key) == before_spki  # opened, not created again
+    (new_entry,) = [e for e in entries() if _x5t(e.der) == got["x5t_s256"]]
+    assert new_entry.container == key_name and spki(new_entry.der) == before_spki
+
+
+@skip_on_wine("keys do not survive the process (NCryptOpenKey/NCryptDeleteKey are stubs)")
+def test_deleted_binding_key_is_recreated_by_the_next_process_and_its_entries_purged(
+        make_client: Any) -> None:
+    """Real Windows, nothing faked: the shared key disappears (deleted by someone), so every
+    certificate bound to it is dead; the next process's mint recreates the key and purges them,
+    another library's entry included."""
+    import msicert_native as native
+
+    client = make_client()
+    key = _binding(client)
+    if key.name != "HardwareRSAKey":
+        pytest.skip("VBS here: the per-boot KeyGuardRSAKey is not deleted by this test")
+    cert = client.get_certificate()
+    other = UAMI_BASE + "Neighbour"
+    theirs = mint_with(key.handle, {"mi_res_id": other})
+    seed(theirs["der"], msal_net_tag(f"{other}#att=0", endpoint_base(theirs)), key.name)
+    with native.open_provider() as provider:
+        native.delete_key(native.open_key(provider, key.name))
+    try:
+        before = issue_count()
+        out = _msicert("cert", "--json")
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["source"] == "imds" and issue_count() == before + 1
+        assert not in_store(cert.der) and not in_store(theirs["der"])
+        (new_entry,) = [e for e in entries() if _x5t(e.der) == got["x5t_s256"]]
+        assert new_entry.container == "HardwareRSAKey"
+    finally:
+        drop(theirs["der"])
+
+
+def test_machine_store_binds_its_entries_to_the_machine_key_of_the_same_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalMachine\\My (services): the same names as machine keys. The references use the
+    user's store and keys only."""
+    import msicert_native as native
+    from msicert import ManagedIdentityClient, StoreError
+    from msicert.wire._imds import RetryPolicy
+
+    monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
+    client = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01),
+                                   store_location="local-machine")
+    try:
+        client.purge()
+        cert = client.get_certificate()
+    except StoreError as exc:
+        pytest.skip(f"LocalMachine\\My is not writable by this account: {exc}")
+    try:
+        with native.open_system_store("local-machine", "My") as store:
+            refs = native.enum_certificates(store)
+            try:
+                (info,) = [native.get_key_prov_info(r) for r in refs if r.der == cert.der]
+            finally:
+                for r in refs:
+                    r.close()
+        assert info is not None
+        assert info.container == ("KeyGuardRSAKey" if cert.key == "keyguard"
+                                  else "HardwareRSAKey")
+        assert info.flags == native.constants.NCRYPT_MACHINE_KEY_FLAG
+        decoded = decode(_machine_tag(cert))
+        assert decoded is not None and decoded[0] == f"{SYSTEM}#att=0"
+    finally:
+        client.purge()
+
+
+def _machine_tag(cert: Any) -> str | None:
+    import msicert_native as native
+
+    with native.open_system_store("local-machine", "My") as store:
+        refs = native.enum_certificates(store)
+        try:
+            return next((native.get_friendly_name(r) for r in refs if r.der == cert.der), None)
+        finally:
+            for r in refs:
+                r.close()
