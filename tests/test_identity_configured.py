@@ -17,7 +17,8 @@ from msicert import Identity
 from msicert.backends.posix._file_store import FileStore
 
 GUID = "C0FFEE00-1111-4222-8333-44445555AAAA"
-ARM = "/subscriptions/S/resourceGroups/G/providers/Microsoft.ManagedIdentity/userAssignedIdentities/U"
+ARM = ("/subscriptions/S/resourceGroups/G/providers/Microsoft.ManagedIdentity/"
+       "userAssignedIdentities/U")
 
 
 @pytest.mark.parametrize(("selector", "configured", "value", "alias", "file_tag", "query"), [
