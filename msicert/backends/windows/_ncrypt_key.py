@@ -167,10 +167,9 @@ def keyguard_expected(*, machine: bool) -> bool:
     KeyGuard first)."""
     import msicert_native as native
 
-    with _gate:
-        binding = _bindings.get(machine)
-        if binding is not None:
-            return binding.kind == KIND_KEYGUARD
+    binding = _bindings.get(machine)  # no _gate: a provisioning may hold it for seconds
+    if binding is not None:
+        return binding.kind == KIND_KEYGUARD
     keyguard = _open(KEYGUARD_KEY_NAME, machine)
     if keyguard is not None:
         with keyguard:
