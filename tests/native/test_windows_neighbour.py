@@ -586,7 +586,7 @@ def test_resource_id_that_merely_starts_with_ours_is_neither_hit_nor_pruned_nor_
 def test_purging_an_old_msicert_entry_deletes_its_own_key_and_never_a_shared_one(
         make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import msicert_native as native
-    from msicert.backends.windows._cert_store import WindowsStore
+    from msicert.backends.windows import _cleanup
 
     client = make_client()
     name = f"msicert-system-{uuid.uuid4().hex[:12]}"  # as msicert named its keys
@@ -597,9 +597,9 @@ def test_purging_an_old_msicert_entry_deletes_its_own_key_and_never_a_shared_one
                         f"|cid={issued['client_id']}|tid={issued['tenant_id']}"
                         f"|type={issued['identity_type']}|key=software-ksp", name)
     deleted: list[str] = []
-    real = WindowsStore._delete_key
-    monkeypatch.setattr(WindowsStore, "_delete_key", staticmethod(
-        lambda n, p, m: (deleted.append(n), real(n, p, m))[1]))
+    real = _cleanup.delete_key
+    monkeypatch.setattr(_cleanup, "delete_key",
+                        lambda n, p, m: (deleted.append(n), real(n, p, m))[1])
     assert client.purge() == 1 and not in_store(issued["der"])
     assert deleted == [name]
 
@@ -609,7 +609,7 @@ def test_purging_an_old_msicert_entry_deletes_its_own_key_and_never_a_shared_one
 def test_old_msicert_keys_without_certificates_are_swept_after_a_mint(
         make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import msicert_native as native
-    from msicert.backends.windows import _cert_store
+    from msicert.backends.windows import _cleanup
 
     client = make_client()
     orphan = f"msicert-system-{uuid.uuid4().hex[:12]}"
@@ -619,7 +619,7 @@ def test_old_msicert_keys_without_certificates_are_swept_after_a_mint(
         with native.create_rsa_key(provider, used, keyguard=False) as used_key:
             issued = mint_with(used_key, {})
     seed(issued["der"], msal_net_tag(f"{UAMI_BASE}Old#att=0", endpoint_base(issued)), used)
-    monkeypatch.setattr(_cert_store, "LEGACY_KEY_GRACE", 0.0)
+    monkeypatch.setattr(_cleanup, "LEGACY_KEY_GRACE", 0.0)
     try:
         client.get_certificate()
         with native.open_provider() as provider:

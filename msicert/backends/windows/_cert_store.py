@@ -17,11 +17,10 @@ with MSAL.NET and MSAL Go as a good neighbour.
 * A reader looks up its own ``#att`` variant only: ``#att=1`` when it would mint with
   attestation (AttestationClientLib.dll present and a KeyGuard binding key), else ``#att=0``.
 
-Deleting is conservative: an entry is deleted when its tag names the identity (the subject too,
-except for an expired entry of the exact alias, which the references prune by tag alone), or
-when it is bound to a binding key that was just replaced (the references' purge). Unparsable
-entries are never deleted. Keys are deleted only when msicert made them (``msicert-*``
-containers of earlier versions) and no certificate uses them any more.
+Deleting is conservative: an entry is deleted when its tag and subject name the identity, or by
+the prune and the purge of :mod:`._cleanup`. Unparsable entries are never deleted. Keys are
+deleted only when msicert made them (``msicert-*`` containers of earlier versions) and no
+certificate uses them any more.
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..contract import CorruptEntry, NewEntry
-from ._mutex import PERSIST_WAIT, MutexLock, SharedStoreLock
+from . import _cleanup
+from ._mutex import PERSIST_WAIT, MutexLock, SharedStoreLock, mutex_names
 from ._ncrypt_key import (
     KIND_KEYGUARD,
     NCryptRsaKey,
@@ -56,19 +56,15 @@ if TYPE_CHECKING:
 
     from ._winhttp_transport import WinHttpCache
 
-__all__ = ["WindowsStore", "mutex_names"]
+__all__ = ["WindowsStore"]
 
 log = LazyLogger("msicert")
 
 _LOCATIONS = {"current-user": "CurrentUser\\My", "local-machine": "LocalMachine\\My"}
 _ENV_ISSUER = "MSICERT_ISSUER"  # the client's default issuer override (msicert._client)
-_LEGACY_KEY_PREFIX = "msicert-"  # the per-certificate keys msicert made before the shared key
 KEY_LOCK_WAIT = 10.0
 """Seconds key creation waits for the store-write mutex (MSAL Go waits as long for its key
 provisioning lock); then the mint fails before any IMDS issuance, and is retried later."""
-LEGACY_KEY_GRACE = 3600.0
-"""An unreferenced ``msicert-*`` key younger than this may belong to an earlier msicert that
-is minting right now (key made, certificate not yet stored): it is left for a later sweep."""
 _probed: dict[str, bool | None] = {}  # x5t -> key alive? (one test signature per process)
 
 
@@ -224,40 +220,6 @@ class WindowsStore:
             store=self.description,
         )
 
-    def _delete(self, store: CertStore, ref: CertRef) -> None:
-        """Delete the certificate; and its key when msicert made it (``msicert-*``) and no
-        other certificate of the store uses it. A shared key is never deleted."""
-        import msicert_native as native
-
-        info = native.get_key_prov_info(ref)
-        native.delete_certificate(store, ref)
-        if info is None or not info.container.startswith(_LEGACY_KEY_PREFIX):
-            return
-        refs = native.enum_certificates(store)
-        try:
-            used = any((other := native.get_key_prov_info(r)) is not None
-                       and other.container.casefold() == info.container.casefold()
-                       for r in refs)
-        finally:
-            for r in refs:
-                r.close()
-        if not used:
-            self._delete_key(info.container, info.provider,
-                             bool(info.flags & native.constants.NCRYPT_MACHINE_KEY_FLAG))
-
-    @staticmethod
-    def _delete_key(name: str, provider: str, machine: bool) -> bool:
-        import msicert_native as native
-
-        try:
-            with native.open_provider(provider) as prov:
-                native.delete_key(native.open_key(prov, name, machine=machine))
-        except native.NativeError as exc:
-            log.debug("key %s not deleted: %s", name, exc)
-            return False
-        log.info("deleted key %s (its certificates are gone)", name)
-        return True
-
     # --- the Store contract -------------------------------------------------------------------
     def find(self, identity: Identity, *, issuer_cn: str) -> BindingCertificate | None:
         """Newest NotAfter among the identity's entries of this reader's variant whose key
@@ -362,8 +324,8 @@ class WindowsStore:
                     raise
                 try:
                     _crash_point("added")
-                    self._prune_expired(store, alias)
-                    self._sweep_legacy_keys(store)
+                    _cleanup.prune_expired(store, alias)
+                    _cleanup.sweep_legacy_keys(store, machine=self.machine)
                     _crash_point("older-dropped")
                 except Exception as exc:  # the new entry stands; see docstring
                     log.warning("certificate %s is stored in %s, but pruning expired entries "
@@ -422,111 +384,15 @@ class WindowsStore:
             for s in slots:
                 s.ref.close()
 
-    def _prune_expired(self, store: CertStore, alias: str) -> int:
-        """Delete the expired entries whose tag alias is exactly ``alias`` (the references'
-        prune: NotAfter <= now, ordinal alias, any library); unparsable ones stay."""
-        import msicert_native
-
-        now = time.time()
-        doomed = []
-        refs = msicert_native.enum_certificates(store)
-        try:
-            for ref in refs:
-                fields = parse_tag(msicert_native.get_friendly_name(ref))
-                if fields is None or fields["alias"] != alias:
-                    continue
-                try:
-                    ends = x509.load_der_x509_certificate(ref.der).not_valid_after_utc
-                except ValueError:
-                    continue
-                if ends.timestamp() <= now:
-                    doomed.append(ref)
-            for ref in doomed:
-                self._delete(store, ref)
-                log.info("pruned expired certificate %s (%s)", x5t_s256(ref.der), alias)
-        finally:
-            for ref in refs:
-                ref.close()
-        return len(doomed)
-
     def purge_bound_to(self, container: str, issuer_cn: str) -> int:
-        """Delete the IMDS-issued certificates (issuer containing ``issuer_cn``) bound to the
-        binding key ``container`` of this store's scope, whatever their alias: the key they
-        name was just replaced (MSAL.NET ``PurgeManagedIdentityCertificates``). Runs under the
-        store-write mutex the key creation holds. Unparsable entries and untagged ones stay."""
-        import msicert_native as native
-
-        removed = 0
+        """Delete the IMDS-issued certificates bound to the binding key ``container`` that was
+        just replaced (:func:`._cleanup.purge_bound_to`); runs under the store-write mutex
+        the key creation holds."""
         with self._open() as store:
-            refs = native.enum_certificates(store)
-            try:
-                for ref in refs:
-                    if parse_tag(native.get_friendly_name(ref)) is None:
-                        continue
-                    info = native.get_key_prov_info(ref)
-                    if info is None or info.container.casefold() != container.casefold():
-                        continue
-                    if info.provider.casefold() != native.MS_KEY_STORAGE_PROVIDER.casefold():
-                        continue
-                    machine = bool(info.flags & native.constants.NCRYPT_MACHINE_KEY_FLAG)
-                    if machine != self.machine:
-                        continue
-                    try:
-                        issuer = x509.load_der_x509_certificate(ref.der).issuer
-                    except ValueError:
-                        continue
-                    if not _policy.issuer_matches(issuer, issuer_cn):
-                        continue
-                    native.delete_certificate(store, ref)
-                    _probed.pop(x5t_s256(ref.der), None)
-                    removed += 1
-                    log.info("removed certificate %s bound to the replaced key %s",
-                             x5t_s256(ref.der), container)
-            finally:
-                for ref in refs:
-                    ref.close()
-        return removed
-
-    def _sweep_legacy_keys(self, store: CertStore) -> int:
-        """Delete the ``msicert-*`` keys of earlier versions that no certificate of this store
-        uses any more (another library may have purged their certificates), once they are
-        older than :data:`LEGACY_KEY_GRACE`. Where keys cannot be listed (Wine), nothing."""
-        import msicert_native as native
-
-        try:
-            with native.open_provider() as provider:
-                names = [n for n in native.enum_key_names(provider, machine=self.machine)
-                         if n.startswith(_LEGACY_KEY_PREFIX)]
-        except native.NativeError as exc:
-            log.debug("keys cannot be listed here (%s); no sweep", exc)
-            return 0
-        if not names:
-            return 0
-        refs = native.enum_certificates(store)
-        try:
-            used = {info.container.casefold() for r in refs
-                    if (info := native.get_key_prov_info(r)) is not None}
-        finally:
-            for r in refs:
-                r.close()
-        swept = 0
-        now = time.time()
-        for name in names:
-            if name.casefold() in used or not self._old_enough(name, now):
-                continue
-            swept += self._delete_key(name, native.MS_KEY_STORAGE_PROVIDER, self.machine)
-        return swept
-
-    def _old_enough(self, name: str, now: float) -> bool:
-        import msicert_native as native
-
-        try:
-            with native.open_provider() as provider, \
-                    native.open_key(provider, name, machine=self.machine) as key:
-                written = native.key_last_modified(key)
-        except native.NativeError:
-            return False
-        return written is not None and now - written >= LEGACY_KEY_GRACE
+            gone = _cleanup.purge_bound_to(store, container, issuer_cn, machine=self.machine)
+        for x5t in gone:
+            _probed.pop(x5t, None)
+        return len(gone)
 
     def _undo_add(self, store: CertStore, x5t: str) -> None:
         """Best effort: delete the certificate ``x5t`` if an interrupted add left it."""
@@ -576,7 +442,7 @@ class WindowsStore:
                                 _probed.get(this) is False
                                 or (slot.problem is not None and not slot.problem.keep))
                         if doomed:
-                            self._delete(store, slot.ref)
+                            _cleanup.delete_entry(store, slot.ref)
                             _probed.pop(this, None)
                             log.info("removed certificate %s (%s)", this, slot.fields["alias"])
                             removed = True
@@ -603,14 +469,14 @@ class WindowsStore:
                     for slot in slots:
                         if slot.subject_ours:
                             this = x5t_s256(slot.ref.der)
-                            self._delete(store, slot.ref)
+                            _cleanup.delete_entry(store, slot.ref)
                             _probed.pop(this, None)
                             log.info("purged certificate %s (%s)", this, slot.fields["alias"])
                             count += 1
                 finally:
                     for slot in slots:
                         slot.ref.close()
-                self._sweep_legacy_keys(store)
+                _cleanup.sweep_legacy_keys(store, machine=self.machine)
         for x5t, kept in list(_unpersisted.items()):
             if kept.location == self.location and kept.identity.alias == identity.alias:
                 del _unpersisted[x5t]
@@ -661,27 +527,3 @@ class WindowsStore:
                 return kept.ref.duplicate()
             raise StoreError(f"certificate {x5t} is no longer in {self.description}")
         return found
-
-
-def mutex_names(location: str, identity: Identity, *, machine: bool) -> tuple[str, str]:
-    """``(Global\\msicert-<owner>-<hash>, Local\\msicert-<owner>-<hash>)`` for one identity:
-    msicert's single flight for a whole mint (the store-write mutex is the references', see
-    :class:`._mutex.SharedStoreLock`).
-
-    ``CurrentUser\\My`` is per user, shared by every logon session of that user (a service in
-    session 0 and an interactive session), so the single-flight mutex lives in ``Global\\``
-    with the user's SID in its name: all sessions of one user meet on it, and other users never
-    collide with (or wait on) it. ``LocalMachine\\My`` is one store for everybody: its mutex
-    is ``Global\\msicert-machine-<hash>``. When the ``Global\\`` name cannot be created or
-    opened (ERROR_ACCESS_DENIED: a hardened object-namespace DACL, a low-integrity or
-    AppContainer process, or a same-named object made by someone whose DACL excludes us),
-    :class:`MutexLock` falls back to ``Local\\`` (this logon session only) and logs a warning,
-    since two sessions of the user may then mint at once.
-    """
-    import hashlib
-
-    import msicert_native
-
-    owner = "machine" if machine else msicert_native.current_user_sid()
-    digest = hashlib.sha256(f"{location}|{identity.alias}".encode()).hexdigest()[:32]
-    return f"Global\\msicert-{owner}-{digest}", f"Local\\msicert-{owner}-{digest}"

@@ -19,10 +19,11 @@ import hashlib
 from collections.abc import Iterator
 
 from ..._errors import StoreError
+from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..contract import thread_lock
 
-__all__ = ["PERSIST_WAIT", "MutexLock", "SharedStoreLock", "shared_mutex_name"]
+__all__ = ["PERSIST_WAIT", "MutexLock", "SharedStoreLock", "mutex_names", "shared_mutex_name"]
 
 log = LazyLogger("msicert")
 
@@ -100,8 +101,8 @@ def _enter(stack: contextlib.ExitStack, name: str, fallback: str | None, wait_ms
 
 
 class MutexLock:
-    """Thread lock + a Windows named mutex, ``Global\\`` first (see
-    :func:`msicert.backends.windows._cert_store.mutex_names` for the namespace decision).
+    """Thread lock + a Windows named mutex, ``Global\\`` first (see :func:`mutex_names` for
+    the namespace decision).
 
     ``fallback`` (a ``Local\\`` name) is used only when creating or opening ``name`` is
     denied (ERROR_ACCESS_DENIED); a warning (once per name and process) says that exclusion
@@ -183,3 +184,25 @@ class SharedStoreLock:
                 yield True
         finally:
             self._thread.release()
+
+
+def mutex_names(location: str, identity: Identity, *, machine: bool) -> tuple[str, str]:
+    """``(Global\\msicert-<owner>-<hash>, Local\\msicert-<owner>-<hash>)`` for one identity:
+    msicert's single flight for a whole mint (the store-write mutex is the references', see
+    :class:`SharedStoreLock`).
+
+    ``CurrentUser\\My`` is per user, shared by every logon session of that user (a service in
+    session 0 and an interactive session), so the single-flight mutex lives in ``Global\\``
+    with the user's SID in its name: all sessions of one user meet on it, and other users never
+    collide with (or wait on) it. ``LocalMachine\\My`` is one store for everybody: its mutex
+    is ``Global\\msicert-machine-<hash>``. When the ``Global\\`` name cannot be created or
+    opened (ERROR_ACCESS_DENIED: a hardened object-namespace DACL, a low-integrity or
+    AppContainer process, or a same-named object made by someone whose DACL excludes us),
+    :class:`MutexLock` falls back to ``Local\\`` (this logon session only) and logs a warning,
+    since two sessions of the user may then mint at once.
+    """
+    import msicert_native
+
+    owner = "machine" if machine else msicert_native.current_user_sid()
+    digest = hashlib.sha256(f"{location}|{identity.alias}".encode()).hexdigest()[:32]
+    return f"Global\\msicert-{owner}-{digest}", f"Local\\msicert-{owner}-{digest}"
