@@ -734,3 +734,30 @@ def _machine_tag(cert: Any) -> str | None:
         finally:
             for r in refs:
                 r.close()
+
+
+def test_expired_entry_in_msicerts_earlier_tag_goes_with_its_key_at_the_next_persist(
+        make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """msicert's own tag from before the reference grammar is read by no other library: once
+    expired, the next persist (here a renewal's) removes it and its msicert-* key."""
+    from msicert.backends.windows import _cleanup
+
+    client = make_client()
+    _binding(client)
+    with emulator_config(lifetime=3600, backdate=3000):  # already past renew_after
+        first = client.get_certificate()
+    gone_key = f"msicert-system-{uuid.uuid4().hex[:12]}"
+    expired = ca_cert(first.client_id, first.tenant_id, ISSUER_FRAGMENT, **expired_window())
+    seed(expired, f"MSAL|alias=system|ep={first.mtls_endpoint}|cid={first.client_id}"
+                  f"|tid={first.tenant_id}|type=SystemAssigned|key=software-ksp", gone_key)
+    deleted: list[str] = []
+    real = _cleanup.delete_key
+    monkeypatch.setattr(_cleanup, "delete_key",
+                        lambda n, p, m: (deleted.append(n), real(n, p, m))[1])
+    try:
+        renewed = client.get_certificate()
+        assert renewed.source == "imds" and renewed.x5t_s256 != first.x5t_s256
+        assert not in_store(expired) and deleted == [gone_key]
+        assert in_store(first.der)  # msicert's valid older entry in the reference grammar stays
+    finally:
+        drop(expired)

@@ -325,6 +325,7 @@ class WindowsStore:
                 try:
                     _crash_point("added")
                     _cleanup.prune_expired(store, alias)
+                    self._prune_legacy(store, identity, issuer_cn)
                     _cleanup.sweep_legacy_keys(store, machine=self.machine)
                     _crash_point("older-dropped")
                 except Exception as exc:  # the new entry stands; see docstring
@@ -383,6 +384,25 @@ class WindowsStore:
         finally:
             for s in slots:
                 s.ref.close()
+
+    def _prune_legacy(self, store: CertStore, identity: Identity, issuer_cn: str) -> int:
+        """Delete this identity's expired entries in msicert's tag from before the reference
+        grammar (``alias=system`` ...), with their ``msicert-*`` keys: no other library reads
+        that tag, and left alone they (and their keys) would stay forever."""
+        now = time.time()
+        slots = self._scan(store, identity, issuer_cn, attested=False)
+        try:
+            doomed = [s for s in slots if s.how == "legacy" and s.subject_ours
+                      and s.cert is not None
+                      and s.cert.not_valid_after_utc.timestamp() <= now]
+            for slot in doomed:
+                _cleanup.delete_entry(store, slot.ref)
+                log.info("pruned expired certificate %s (msicert's earlier tag %s)",
+                         x5t_s256(slot.ref.der), slot.fields["alias"])
+            return len(doomed)
+        finally:
+            for slot in slots:
+                slot.ref.close()
 
     def purge_bound_to(self, container: str, issuer_cn: str) -> int:
         """Delete the IMDS-issued certificates bound to the binding key ``container`` that was
