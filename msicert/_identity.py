@@ -33,6 +33,16 @@ class Identity(Frozen):
                  configured: str | None = None) -> None:
         self._set(kind=kind, value=value, configured=value if configured is None else configured)
 
+    def __eq__(self, other: object) -> bool:
+        """One identity however its id was spelled: ``configured`` is not compared."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Identity)
+        return (self.kind, self.value) == (other.kind, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.value))
+
     @classmethod
     def from_selectors(
         cls,
