@@ -606,7 +606,7 @@ class ManagedIdentityClient:
         now = self._clock()
         if probe.state(now) is State.RENEW:
             # Already past renew_after when issued: use it, but do not loop on renewals.
-            self._renew_pause = (now, now + min(self._backoff.maximum or 30.0,
+            self._renew_pause = (now, now + min(self._backoff.maximum, 30.0,
                                                 max(0.0, (probe.not_after_ts - now) / 8)))
         log.info("minted certificate %s for %s (not_after %s, correlation_id=%s%s)",
                  result.x5t_s256, self.identity.alias, result.not_after.isoformat(), cid,

@@ -17,15 +17,31 @@ class Identity(Frozen):
 
     ``kind`` is ``"system"``, ``"client_id"``, ``"object_id"`` or ``"resource_id"``; the
     three user-assigned kinds never share a store entry, even for the same identity.
+    ``value`` is the selector as msicert keys its own files and locks by (GUIDs lower-cased);
+    ``configured`` is the selector exactly as the caller gave it (surrounding blanks removed),
+    which is what goes on the wire to IMDS and into the Windows store's tag, as the
+    reference clients send and write it.
     """
 
-    _fields = ("kind", "value")
+    _fields = ("kind", "value", "configured")
     __slots__ = _fields
     kind: str
     value: str
+    configured: str
 
-    def __init__(self, kind: str = "system", value: str = "") -> None:
-        self._set(kind=kind, value=value)
+    def __init__(self, kind: str = "system", value: str = "",
+                 configured: str | None = None) -> None:
+        self._set(kind=kind, value=value, configured=value if configured is None else configured)
+
+    def __eq__(self, other: object) -> bool:
+        """One identity however its id was spelled: ``configured`` is not compared."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Identity)
+        return (self.kind, self.value) == (other.kind, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.value))
 
     @classmethod
     def from_selectors(
@@ -52,7 +68,7 @@ class Identity(Frozen):
         if not given:
             return cls()
         kind, value = given[0]
-        value = value.strip()
+        configured = value = value.strip()
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -63,15 +79,19 @@ class Identity(Frozen):
             value = value.lower()
         elif not value.startswith("/") or "/providers/" not in value.lower():
             raise ValueError("resource_id must be an ARM resource id (/subscriptions/...)")
-        return cls(kind, value)
+        return cls(kind, value, configured)
 
     @property
     def query(self) -> dict[str, str]:
-        """The IMDS v2 selector parameter (``mi_res_id`` for resource ids), empty if system."""
+        """The IMDS v2 selector parameter (``mi_res_id`` for resource ids), empty if system.
+
+        The value as configured: both reference clients send it unchanged (MSAL.NET
+        ``ImdsQueryParamsHelper``, MSAL Go's IMDSv2 ``endpoint``).
+        """
         if self.kind == "system":
             return {}
         name = "mi_res_id" if self.kind == "resource_id" else self.kind
-        return {name: self.value}
+        return {name: self.configured}
 
     @property
     def alias(self) -> str:

@@ -15,6 +15,7 @@ Certificate stores (crypt32)::
     find_certificates(store, *, subject_substr=None, issuer_substr=None) -> list[CertRef]
     add_certificate(store, der, *, friendly_name, key_name, provider_name=MS_KEY_STORAGE_PROVIDER,
                     prov_type=0, key_flags=0, key_spec=0) -> CertRef   # REPLACE_EXISTING + commit
+    memory_certificate(der, *, friendly_name, key_name, ...same...) -> CertRef  # in no store
     delete_certificate(store, ref)                              # + commit; ref stays open
     get_friendly_name(ref) -> str | None;  set_friendly_name(ref, name | None)
     get_key_prov_info(ref) -> KeyProvInfo | None  # container, provider, prov_type, flags, key_spec
@@ -23,8 +24,11 @@ Certificate stores (crypt32)::
 CNG keys (ncrypt)::
 
     open_provider(name=MS_KEY_STORAGE_PROVIDER) -> NCryptProvider
-    create_rsa_key(provider, name, *, keyguard, machine=False, bits=2048) -> NCryptKey
+    create_rsa_key(provider, name, *, keyguard, machine=False, bits=2048, overwrite=True,
+                   usage=NCRYPT_ALLOW_ALL_USAGES) -> NCryptKey
     open_key(provider, name, *, machine=False) -> NCryptKey
+    enum_key_names(provider, *, machine=False) -> list[str]
+    key_last_modified(key) -> float | None (Unix time of NCRYPT_LAST_MODIFIED_PROPERTY)
     is_virtual_iso(key) -> bool;  get_export_policy(key) -> int
     sign_pss_sha256(key, digest, salt=32) -> bytes;  sign_pkcs1_sha256(key, digest) -> bytes
     export_public_spki(key) -> bytes (SubjectPublicKeyInfo DER);  delete_key(key)
@@ -69,6 +73,7 @@ from ._certstore import (
     find_certificates,
     get_friendly_name,
     get_key_prov_info,
+    memory_certificate,
     open_system_store,
     set_friendly_name,
     store_commit,
@@ -78,9 +83,11 @@ from ._handles import CertRef, CertStore, NativeHandle, NCryptKey, NCryptProvide
 from ._ncrypt import (
     create_rsa_key,
     delete_key,
+    enum_key_names,
     export_public_spki,
     get_export_policy,
     is_virtual_iso,
+    key_last_modified,
     open_key,
     open_provider,
     rsa_public_blob_to_spki,
@@ -120,6 +127,7 @@ __all__ = [
     "delete_certificate",
     "delete_key",
     "enum_certificates",
+    "enum_key_names",
     "export_public_spki",
     "find_attestation_library",
     "find_certificates",
@@ -129,6 +137,8 @@ __all__ = [
     "https_open",
     "https_request",
     "is_virtual_iso",
+    "key_last_modified",
+    "memory_certificate",
     "named_mutex",
     "open_key",
     "open_provider",

@@ -21,6 +21,7 @@ __all__ = [
     "find_certificates",
     "get_friendly_name",
     "get_key_prov_info",
+    "memory_certificate",
     "open_system_store",
     "set_friendly_name",
     "store_commit",
@@ -155,6 +156,35 @@ def add_certificate(
         stored.close()
         raise
     return stored
+
+
+def memory_certificate(
+    der: bytes,
+    *,
+    friendly_name: str | None,
+    key_name: str,
+    provider_name: str = C.MS_KEY_STORAGE_PROVIDER,
+    prov_type: int = 0,
+    key_flags: int = 0,
+    key_spec: int = 0,
+) -> CertRef:
+    """A CERT_CONTEXT for ``der`` linked to its CNG key, in no store (nothing persisted).
+
+    What WinHTTP needs to present a certificate whose key lives in CNG, when the certificate
+    itself could not be written to a store.
+    """
+    created = CertRef(_impl.cert_create_certificate_context(der))
+    try:
+        if friendly_name is not None:
+            _impl.cert_set_property_bytes(
+                created.handle, C.CERT_FRIENDLY_NAME_PROP_ID, _utf16z(friendly_name)
+            )
+        info = KeyProvInfo(key_name, provider_name, prov_type, key_flags, key_spec)
+        _impl.cert_set_key_prov_info(created.handle, info)
+    except BaseException:
+        created.close()
+        raise
+    return created
 
 
 def delete_certificate(store: CertStore, ref: CertRef) -> None:

@@ -1,9 +1,10 @@
-"""CNG keys (ncrypt): create/open persisted RSA keys, sign, export the public key.
+"""CNG keys (ncrypt): create/open/list persisted RSA keys, sign, export the public key.
 
-Key policy (imds-v2 section 7): RSA-2048, export policy 0 (never exportable), usage all,
-created with NCRYPT_OVERWRITE_KEY_FLAG and, for KeyGuard, NCRYPT_USE_VIRTUAL_ISOLATION_FLAG |
+Key policy (imds-v2 section 7): RSA-2048, export policy 0 (never exportable); the caller picks
+the usage (all, or signing only), whether an existing key of the name is overwritten
+(NCRYPT_OVERWRITE_KEY_FLAG) and, for KeyGuard, NCRYPT_USE_VIRTUAL_ISOLATION_FLAG |
 NCRYPT_USE_PER_BOOT_KEY_FLAG. Choosing KeyGuard vs software and falling back is the caller's
-policy (msicert._keys); this module only does what it is told and reports failures.
+policy (msicert.backends.windows); this module only does what it is told and reports failures.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from ._handles import NCryptKey, NCryptProvider
 __all__ = [
     "create_rsa_key",
     "delete_key",
+    "enum_key_names",
     "export_public_spki",
     "get_export_policy",
     "is_virtual_iso",
+    "key_last_modified",
     "open_key",
     "open_provider",
     "rsa_public_blob_to_spki",
@@ -50,14 +53,18 @@ def create_rsa_key(
     keyguard: bool,
     machine: bool = False,
     bits: int = 2048,
+    overwrite: bool = True,
+    usage: int = C.NCRYPT_ALLOW_ALL_USAGES,
 ) -> NCryptKey:
     """Create, configure and finalize a persisted, non-exportable RSA key named ``name``.
 
-    An existing key of that name is overwritten. With ``keyguard`` the creation asks for VBS
-    isolation and a per-boot key; where VBS is missing the creation (or finalize) fails with
-    the provider's status (e.g. 0x80890014) and nothing is left behind.
+    With ``overwrite`` an existing key of that name is replaced; without it the provider
+    refuses (NTE_EXISTS). ``usage`` is the NCRYPT_KEY_USAGE_PROPERTY (all usages, or
+    NCRYPT_ALLOW_SIGNING_FLAG). With ``keyguard`` the creation asks for VBS isolation and a
+    per-boot key; where VBS is missing the creation (or finalize) fails with the provider's
+    status (e.g. 0x80890014) and nothing is left behind.
     """
-    flags = C.NCRYPT_OVERWRITE_KEY_FLAG
+    flags = C.NCRYPT_OVERWRITE_KEY_FLAG if overwrite else 0
     if keyguard:
         flags |= KEYGUARD_FLAGS
     if machine:
@@ -74,7 +81,7 @@ def create_rsa_key(
         _impl.ncrypt_set_property(
             handle,
             C.NCRYPT_KEY_USAGE_PROPERTY,
-            _dword(C.NCRYPT_ALLOW_ALL_USAGES),
+            _dword(usage),
             C.NCRYPT_PERSIST_FLAG,
         )
         _impl.ncrypt_finalize_key(handle, 0)
@@ -100,6 +107,27 @@ def is_virtual_iso(key: NCryptKey) -> bool:
             return False
         raise
     return any(data)
+
+
+def key_last_modified(key: NCryptKey) -> float | None:
+    """When the persisted key was last written (NCRYPT_LAST_MODIFIED_PROPERTY, a FILETIME), as
+    seconds since the Unix epoch; None when the provider does not say."""
+    try:
+        _, data = _impl.ncrypt_get_property(key.handle, C.NCRYPT_LAST_MODIFIED_PROPERTY, 8, 0)
+    except NativeError as exc:
+        if exc.status in _NO_PROPERTY:
+            return None
+        raise
+    if len(data) != 8:
+        return None
+    ticks = int.from_bytes(data, "little")  # 100 ns since 1601-01-01
+    return ticks / 10_000_000 - 11_644_473_600
+
+
+def enum_key_names(provider: NCryptProvider, *, machine: bool = False) -> list[str]:
+    """The names of the persisted keys of ``provider`` (the user's, or the machine's)."""
+    flags = C.NCRYPT_SILENT_FLAG | (C.NCRYPT_MACHINE_KEY_FLAG if machine else 0)
+    return _impl.ncrypt_enum_key_names(provider.handle, flags)
 
 
 def get_export_policy(key: NCryptKey) -> int:

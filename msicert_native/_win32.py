@@ -361,6 +361,27 @@ class Win32:
         """NCryptFreeObject (provider or key handle)."""
         self._status("NCryptFreeObject", hObject)
 
+    def ncrypt_enum_key_names(self, hProvider: int, dwFlags: int) -> list[str]:
+        """Every key name NCryptEnumKeys lists (scope NULL), each NCryptKeyName and the
+        enumeration state freed with NCryptFreeBuffer; ends at NTE_NO_MORE_ITEMS."""
+        p = self._p
+        state = p.new("void * *")
+        names: list[str] = []
+        try:
+            while True:
+                item = p.new("NCryptKeyName * *")
+                status = p.fn("NCryptEnumKeys")(hProvider, p.NULL, item, state, dwFlags)
+                if status & 0xFFFFFFFF == C.NTE_NO_MORE_ITEMS:
+                    return names
+                check_status(status, "NCryptEnumKeys", p.describe)
+                try:
+                    names.append(p.wstring(item[0][0].pszName))
+                finally:
+                    p.fn("NCryptFreeBuffer")(item[0])
+        finally:
+            if p.addr(state[0]):
+                p.fn("NCryptFreeBuffer")(state[0])
+
     # ---- winhttp -------------------------------------------------------------------------
 
     def winhttp_open(self, pszAgentW: str, dwAccessType: int, dwFlags: int) -> int:

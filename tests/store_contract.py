@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from msicert import Identity
+from msicert._model import x5t_s256
 from msicert.backends.contract import CorruptEntry, KeyMaterial
 from msicert.backends.posix._software_key import SoftwareKey
 from tests.certgen import CLIENT, ISSUER_CN, der, make_cert, rsa_key
@@ -83,9 +84,12 @@ class StoreContract:
             e.client_id, e.tenant_id, e.mtls_endpoint, e.identity_type)
         assert got.source == "store"
 
-    def test_put_replaces_previous_entry_of_same_identity(self, store):
+    def test_put_of_a_renewal_is_what_find_returns_next(self, store):
+        """A renewal expires later than what it renews; the older entry may stay until it
+        expires (the Windows store prunes only expired entries, as its neighbours do)."""
         store.put(Identity(), self.new_entry(store, key_no=0), issuer_cn=ISSUER_CN)
-        second = store.put(Identity(), self.new_entry(store, key_no=1), issuer_cn=ISSUER_CN)
+        second = store.put(Identity(), self.new_entry(store, key_no=1, lifetime=3660.0),
+                           issuer_cn=ISSUER_CN)
         assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
 
     def test_identities_never_share_an_entry(self, store):
@@ -98,12 +102,13 @@ class StoreContract:
         assert store.find(by_object, issuer_cn=ISSUER_CN) is None
 
     def test_remove_with_thumbprint_only_removes_that_certificate(self, store):
-        first = store.put(Identity(), self.new_entry(store, key_no=0), issuer_cn=ISSUER_CN)
-        second = store.put(Identity(), self.new_entry(store, key_no=1), issuer_cn=ISSUER_CN)
-        assert store.remove(Identity(), first.x5t_s256) is False
-        assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
-        assert store.remove(Identity(), second.x5t_s256) is True
+        stored = store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
+        other = self.new_entry(store, key_no=1)  # never stored
+        assert store.remove(Identity(), x5t_s256(other.der)) is False
+        assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == stored.x5t_s256
+        assert store.remove(Identity(), stored.x5t_s256) is True
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
+        assert store.remove(Identity(), stored.x5t_s256) is False
 
     def test_purge_removes_only_that_identity(self, store):
         store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)

@@ -28,6 +28,14 @@ class TestFileStoreContract(StoreContract):
     pass
 
 
+def test_put_replaces_the_previous_entry_of_the_identity_in_its_one_file(store):
+    first = store.put(Identity(), entry(key_no=0), issuer_cn=ISSUER_CN)
+    second = store.put(Identity(), entry(key_no=1), issuer_cn=ISSUER_CN)
+    assert store.remove(Identity(), first.x5t_s256) is False  # gone with the replacement
+    assert store.find(Identity(), issuer_cn=ISSUER_CN).x5t_s256 == second.x5t_s256
+    assert os.listdir(os.path.dirname(store.path_for(Identity()))) == ["msal_mtls.pem"]
+
+
 def mode(path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 

@@ -186,8 +186,10 @@ class Store(Protocol):
     def put(
         self, identity: Identity, entry: NewEntry, *, issuer_cn: str | None
     ) -> BindingCertificate:
-        """Persist atomically with ``entry.key``, replacing the identity's previous entry;
-        return it as stored (recording its issuer, whatever ``issuer_cn`` says)."""
+        """Persist atomically with ``entry.key``; :meth:`find` returns it next (a store shared
+        with other libraries may keep older entries until they expire). Return it as stored
+        (recording its issuer, whatever ``issuer_cn`` says), or with ``source`` ``"memory"``
+        when a shared store could not take it now."""
 
     def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
         """Remove the identity's entry (only if it still holds ``x5t_s256`` when given)."""

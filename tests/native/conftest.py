@@ -31,3 +31,19 @@ def user_store(marker: str) -> Iterator[Any]:
             for ref in leftovers:
                 with ref:
                     native.delete_certificate(store, ref)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> Iterator[None]:
+    """Each test starts as a new process would: no open binding key, no key verdicts, no
+    certificate kept in memory (tests monkeypatch what a key reports, e.g. VBS isolation)."""
+    yield
+    if not is_windows():
+        return
+    from msicert.backends.windows import _cert_store, _ncrypt_key
+
+    _ncrypt_key.forget_binding_keys()
+    _cert_store._probed.clear()
+    for kept in _cert_store._unpersisted.values():
+        kept.ref.close()
+    _cert_store._unpersisted.clear()

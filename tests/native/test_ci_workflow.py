@@ -76,3 +76,14 @@ def test_workflow_text_fallback() -> None:
     assert "backend: [cffi, ctypes]" in text
     assert "MSICERT_NATIVE_BACKEND: ${{ matrix.backend }}" in text
     assert "python -m pytest benchmarks --benchmark-only" in text
+
+
+def test_windows_job_runs_the_native_tests_against_the_emulator() -> None:
+    """The real-Windows-only tests (skipped under Wine) live in tests/native and need the
+    emulator: the windows job starts it and exports its address before running them."""
+    text = WORKFLOW.read_text(encoding="utf-8")
+    job = text[text.index("\n  windows:\n"):text.index("\n  benchmark:\n")]
+    emulator = job.index("'-m','msicert','emulator'")
+    exported = job.index('"MSICERT_WINE_IMDS=')
+    tests = job.index("run: python -m pytest tests/native")
+    assert emulator < exported < tests

@@ -22,14 +22,14 @@ from cryptography import x509
 
 from msicert import Identity
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.windows._cert_store import (
+from msicert.backends.windows._tags import (
     REFERENCE_SYSTEM_ALIAS,
-    _metadata,
     format_tag,
     parse_tag,
     reference_alias,
     tag_names,
 )
+from msicert.backends.windows._tags import metadata as _metadata
 from msicert_native import KeyProvInfo
 from tests.certgen import CLIENT, TENANT, make_cert
 
@@ -59,6 +59,7 @@ def test_tag_values_are_trimmed_as_the_reference_encoder_trims_them() -> None:
     (Identity.from_selectors(client_id=UAMI_CID), f"{UAMI_CID}#att=0"),
     (Identity.from_selectors(object_id=UAMI_CID), f"{UAMI_CID}#att=0"),
     (Identity.from_selectors(resource_id=ARM), f"{ARM}#att=0"),
+    (Identity.from_selectors(client_id=UAMI_CID.upper()), f"{UAMI_CID.upper()}#att=0"),
 ])
 def test_reference_alias_for_each_kind_of_identity(identity: Identity, alias: str) -> None:
     assert reference_alias(identity, attested=False) == alias
@@ -105,23 +106,72 @@ def test_tag_decodes_as_the_reference_decoder(
 
 @pytest.mark.parametrize(("alias", "identity", "how"), [
     ("system_assigned_managed_identity#att=0", Identity(), "reference"),
-    ("system_assigned_managed_identity#att=1", Identity(), "reference"),
-    ("system_assigned_managed_identity", Identity(), "reference"),  # MSAL.NET before #5612
+    ("system_assigned_managed_identity#att=1", Identity(), None),  # the attested variant
+    ("system_assigned_managed_identity", Identity(), "reference"),  # MSAL.NET before #att
     (f"{UAMI_CID.upper()}#att=0", Identity.from_selectors(client_id=UAMI_CID), "reference"),
+    (f"{UAMI_CID}#att=0", Identity.from_selectors(client_id=UAMI_CID.upper()), "reference"),
     (f"{UAMI_CID}#att=0", Identity.from_selectors(object_id=UAMI_CID), "reference"),
     (f"{ARM.lower()}#att=0", Identity.from_selectors(resource_id=ARM), "reference"),
     (f"{UAMI_CID}#att=0", Identity(), None),
     ("system_assigned_managed_identity#att=0", Identity.from_selectors(client_id=CLIENT), None),
     (f"{CLIENT}#att=0", Identity.from_selectors(client_id=UAMI_CID), None),
+    (f"{UAMI_CID}#att=2", Identity.from_selectors(client_id=UAMI_CID), None),
     ("system", Identity(), "legacy"),  # msicert's own tag before the reference grammar
     (f"client_id={UAMI_CID}", Identity.from_selectors(client_id=UAMI_CID), "legacy"),
     (f"client_id={UAMI_CID}", Identity.from_selectors(object_id=UAMI_CID), None),
 ])
-def test_tag_names_the_identity(alias: str, identity: Identity, how: str | None) -> None:
+def test_tag_names_the_identity_for_a_reader_without_attestation(
+        alias: str, identity: Identity, how: str | None) -> None:
     extra = "|cid=c|tid=t|type=SystemAssigned" if how == "legacy" or "=" in alias else ""
     fields = parse_tag(f"MSAL|alias={alias}|ep=https://e/t{extra}")
     assert fields is not None
-    assert tag_names(fields, identity) == how
+    assert tag_names(fields, identity, attested=False) == how
+
+
+@pytest.mark.parametrize(("alias", "attested", "any_variant"), [
+    # GetMtlsCertCacheKey / Go cacheKey: "#att=1" and "#att=0" are two cache keys.
+    ("system_assigned_managed_identity#att=1", "reference", "reference"),
+    ("system_assigned_managed_identity#att=0", None, "reference"),
+    ("system_assigned_managed_identity", None, "reference"),  # never taken as attested
+    ("system", None, "legacy"),  # msicert's old tag: never taken as attested
+])
+def test_attested_reader_takes_the_attested_variant_only_and_purge_takes_both(
+        alias: str, attested: str | None, any_variant: str) -> None:
+    fields = parse_tag(f"MSAL|alias={alias}|ep=https://e/t|cid=c|tid=t|type=SystemAssigned")
+    assert fields is not None
+    assert tag_names(fields, Identity(), attested=True) == attested
+    assert tag_names(fields, Identity(), attested=None) == any_variant
+
+
+BASE = "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg/providers/"
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [
+    (f"{BASE}Microsoft.ManagedIdentity/userAssignedIdentities/UAMI-2",
+     f"{BASE}Microsoft.ManagedIdentity/userAssignedIdentities/UAMI-20"),
+    (f"{BASE}Microsoft.Web/sites/app", f"{BASE}Microsoft.Web/sites/app-staging"),
+    (f"{BASE}Microsoft.Web/sites/app", f"{BASE}Microsoft.Web/sites/app/slots/x"),
+])
+def test_an_alias_that_merely_starts_with_ours_is_not_ours(ours: str, theirs: str) -> None:
+    """For a resource-id selector the tag is the only guard (any client id may be the CN)."""
+    identity = Identity.from_selectors(resource_id=ours)
+    for variant in (0, 1):
+        fields = parse_tag(f"MSAL|alias={theirs}#att={variant}|ep=https://e/t")
+        assert fields is not None
+        for attested in (False, True, None):
+            assert tag_names(fields, identity, attested=attested) is None
+    fields = parse_tag(f"MSAL|alias={theirs}|ep=https://e/t")  # no variant suffix at all
+    assert fields is not None and tag_names(fields, identity, attested=None) is None
+
+
+def test_written_alias_keeps_the_configured_case() -> None:
+    """MSAL.NET configured with an upper-case GUID looks up (ordinally) the alias written."""
+    upper = Identity.from_selectors(client_id=UAMI_CID.upper())
+    tag = format_tag(upper, _Entry(client_id=UAMI_CID), "software-ksp")
+    fields = parse_tag(tag)
+    assert fields is not None and fields["alias"] == f"{UAMI_CID.upper()}#att=0"
+    assert reference_alias(Identity.from_selectors(client_id=UAMI_CID), attested=False) \
+        == f"{UAMI_CID}#att=0"
 
 
 def test_msicert_selector_pair_keeps_client_id_and_object_id_apart() -> None:
@@ -129,13 +179,13 @@ def test_msicert_selector_pair_keeps_client_id_and_object_id_apart() -> None:
     by_object = Identity.from_selectors(object_id=UAMI_CID)
     fields = parse_tag(format_tag(by_client, _Entry(client_id=UAMI_CID), "software-ksp"))
     assert fields is not None
-    assert tag_names(fields, by_client) == "reference"
-    assert tag_names(fields, by_object) is None
+    assert tag_names(fields, by_client, attested=False) == "reference"
+    assert tag_names(fields, by_object, attested=None) is None
 
 
 def test_old_msicert_tag_without_its_metadata_is_not_ours() -> None:
     fields = parse_tag("MSAL|alias=system|ep=https://e")
-    assert fields is not None and tag_names(fields, Identity()) is None
+    assert fields is not None and tag_names(fields, Identity(), attested=None) is None
 
 
 def _cert(cn: str = CLIENT, dc: str = TENANT) -> x509.Certificate:
@@ -178,7 +228,7 @@ def test_msal_net_tag_that_cannot_be_completed_is_corrupt(ep: str, cn: str, reas
 def test_legacy_tag_metadata_is_read_as_written() -> None:
     fields = parse_tag(f"MSAL|alias=system|ep=https://e|cid={CLIENT}|tid={TENANT}"
                        "|type=SystemAssigned|key=keyguard")
-    assert fields is not None and tag_names(fields, Identity()) == "legacy"
+    assert fields is not None and tag_names(fields, Identity(), attested=False) == "legacy"
     meta = _metadata(fields, "legacy", _cert(), Identity(), KeyProvInfo("k", KSP, 0, 0, 0))
     assert (meta.client_id, meta.tenant_id, meta.mtls_endpoint, meta.key) == (
         CLIENT, TENANT, "https://e", "keyguard")

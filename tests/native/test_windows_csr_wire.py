@@ -1,10 +1,11 @@
 """One CSR contract for every key: a software key and the NCrypt signer give the same bytes.
 
 The CSR is built once with a key that ``cryptography`` holds and once through the production
-Windows path (``msicert.backends.windows._ncrypt_key.generate_key``: KeyGuard when VBS is
-there, else a non-exportable software-KSP key, signing through NCryptSignHash). Outside the
-SubjectPublicKeyInfo and the signature the two requests are byte-identical, and their
-signatureAlgorithm is the reference's (MSAL Go ``csr_test.go`` TestCSRMatchesDotNetEncoding).
+Windows path (``WindowsStore.generate_key``: the shared binding key, KeyGuard when VBS is
+there, else the non-exportable software-KSP ``HardwareRSAKey``, signing through
+NCryptSignHash). Outside the SubjectPublicKeyInfo and the signature the two requests are
+byte-identical, and their signatureAlgorithm is the reference's (MSAL Go ``csr_test.go``
+TestCSRMatchesDotNetEncoding).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from native_testutil import artifact_dir, is_wine, needs_windows
+from native_testutil import artifact_dir, needs_windows
 
 pytestmark = needs_windows
 
@@ -60,16 +61,13 @@ def _parts(csr: bytes) -> dict[str, bytes]:
 @pytest.fixture
 def ncrypt_key() -> Iterator[Any]:
     from msicert._identity import Identity
-    from msicert.backends.windows._ncrypt_key import generate_key
+    from msicert.backends.windows._cert_store import WindowsStore
 
-    key = generate_key(Identity())
+    key = WindowsStore().generate_key(Identity())
     try:
         yield key
     finally:
-        if is_wine():
-            key.close()  # NCryptDeleteKey is a stub under Wine
-        else:
-            key.discard()
+        key.close()  # the binding key is shared: it stays
 
 
 def _build(spki: bytes, sign: Any) -> bytes:

@@ -114,9 +114,13 @@ def test_cold_then_warm_cert_from_current_user_my_with_zero_imds_calls() -> None
                 "MSAL|alias=system_assigned_managed_identity#att=0"
                 f"|ep={first['mtls_endpoint']}/{first['tenant_id']}|cid={first['client_id']}"
                 f"|type=SystemAssigned|key={first['key']}|sel=system")
+            # Linked as MSAL Go's usesBindingKeyContainer expects: the shared key's container in
+            # the software KSP, CERT_NCRYPT_KEY_SPEC (KeyGuardRSAKey, or HardwareRSAKey without
+            # VBS, as MSAL.NET's WindowsCngKeyOperations names them).
             info = native.get_key_prov_info(mine[0])
-            assert info is not None and info.container.startswith("msicert-system-")
-            assert info.provider == native.MS_KEY_STORAGE_PROVIDER
+            expected = "KeyGuardRSAKey" if first["key"] == "keyguard" else "HardwareRSAKey"
+            assert info == native.KeyProvInfo(expected, native.MS_KEY_STORAGE_PROVIDER, 0, 0,
+                                              native.constants.CERT_NCRYPT_KEY_SPEC)
         finally:
             for r in mine:
                 r.close()
@@ -323,41 +327,6 @@ def test_software_ksp_fallback_is_reported_when_vbs_is_absent(win_client: Any) -
     if msicert_native.is_virtual_iso.__module__ and cert.key == "keyguard":
         pytest.skip("this machine has VBS KeyGuard: the fallback is not taken")
     assert cert.key == "software-ksp"
-
-
-def test_dead_per_boot_key_fake_reboot_purges_and_mints_once(
-        win_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A per-boot key dies at reboot and fails its test signature (faked: Wine cannot reboot,
-    and its NCryptOpenKey is a stub)."""
-    import msicert_native as native
-    from msicert import ManagedIdentityClient
-    from msicert.backends.windows import _cert_store
-    from msicert.wire._imds import RetryPolicy
-
-    old = win_client.get_certificate()
-    before = _stats()["issuecredential"]
-    probes: list[str] = []
-
-    def dead_after_reboot(name: str, **how: Any) -> bool:
-        probes.append(name)
-        return False
-
-    monkeypatch.setattr(_cert_store, "_probed", {})  # a new process after the reboot
-    monkeypatch.setattr(_cert_store, "key_is_alive", dead_after_reboot)
-    fresh = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
-    new = fresh.get_certificate()
-    assert new.source == "imds" and new.x5t_s256 != old.x5t_s256
-    assert len(probes) == 1  # one test signature, for the old certificate's key
-    assert _stats()["issuecredential"] == before + 1
-    assert fresh.get_certificate().x5t_s256 == new.x5t_s256
-    with native.open_system_store("current-user", "My") as store:
-        left = _cert_store.WindowsStore("current-user")._entries(store, fresh.identity)
-        try:
-            assert [hashlib.sha256(r.der).digest() for r, _ in left] == [
-                hashlib.sha256(new.der).digest()]
-        finally:
-            for r, _ in left:
-                r.close()
 
 
 def test_demo_runs_on_windows_python_with_the_file_store() -> None:

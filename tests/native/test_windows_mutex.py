@@ -72,7 +72,7 @@ def test_mutex_name_errors_are_native_errors() -> None:
     assert info.value.function == "CreateMutexW"
 
 
-# --- the store's mutex namespace (issue 11.10) ----------------------------------------------
+# --- msicert's single-flight mutex namespace -------------------------------------------
 
 
 def _lock_names(location: str = "current-user") -> Any:
@@ -244,3 +244,76 @@ def test_global_store_mutex_needs_no_privilege_and_no_fallback(
     with lock.hold() as held:
         assert held is True
     assert created == [lock.name]
+
+
+# --- the store-write mutex shared with MSAL.NET and MSAL Go ---------------------------------
+
+
+def test_store_write_mutex_uses_local_only_when_global_is_denied_fakes_privilege_boundary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """InterprocessLock.TryWithAliasLock: Local\\ only after UnauthorizedAccessException on
+    Global\\ (the denial is injected: Wine grants every Global\\ name)."""
+    from msicert.backends.windows import _mutex
+    from msicert_native import _backend
+
+    native = _native()
+    real = _backend.impl.create_mutex
+    created: list[str] = []
+
+    def deny_global(name: str) -> int:
+        created.append(name)
+        if name.startswith("Global\\"):
+            raise native.NativeError("CreateMutexW", winerror=5, detail="Access is denied.")
+        handle: int = real(name)
+        return handle
+
+    monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
+    monkeypatch.setattr(_mutex, "_warned_fallback", set())
+    lock = _mutex.SharedStoreLock(f"fallback-{uuid.uuid4()}#att=0")
+    with lock.hold() as held:
+        assert held is True
+    assert created == [lock.name, lock.fallback]
+    assert lock.fallback == "Local\\" + lock.name[len("Global\\"):]
+
+
+def test_busy_store_write_mutex_is_busy_not_a_reason_to_take_the_local_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Global\\ mutex held elsewhere means "skip", never "try Local\\" (the reference falls
+    back only when Global\\ is unauthorized)."""
+    import os
+    import subprocess
+    import sys
+
+    from msicert.backends.windows._mutex import SharedStoreLock
+    from msicert_native import _backend
+
+    lock = SharedStoreLock(f"busy-{uuid.uuid4()}#att=0")
+    real = _backend.impl.create_mutex
+    created: list[str] = []
+
+    def spy(name: str) -> int:
+        created.append(name)
+        handle: int = real(name)
+        return handle
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, msicert_native as n\n"
+         f"with n.named_mutex({lock.name!r}, 10000):\n"
+         "    print('held', flush=True)\n"
+         "    sys.stdin.readline()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(_backend.impl, "create_mutex", spy)
+        with lock.hold(0.3) as held:
+            assert held is False
+        assert created == [lock.name]  # Local\ was not tried
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(60)
+    with lock.hold(0.3) as held:
+        assert held is True

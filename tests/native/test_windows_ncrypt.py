@@ -171,17 +171,23 @@ def test_keyguard_key_or_documented_fallback(provider: Any) -> None:
         native.delete_key(key)
 
 
-# --- a key that fails its export-policy check is deleted, not leaked (issue 11.10) ---------
+# --- a binding key that fails its export-policy check ----------------------------------------
 
 
-def _generate_with_exportable_policy_faked(
-        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
-    """msicert's generate_key with the export-policy answer faked to NCRYPT_ALLOW_EXPORT_FLAG
-    (no KSP makes a key that msicert asked to be non-exportable exportable on its own).
-    Returns the key that was checked and the keys msicert asked NCryptDeleteKey to delete."""
+def _held(*_a: Any) -> Any:
+    import contextlib
+
+    return contextlib.nullcontext(True)
+
+
+def _provision_with_exportable_policy_faked(
+        monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """msicert's binding-key provisioning with the export-policy answer faked to
+    NCRYPT_ALLOW_EXPORT_FLAG (no KSP makes a key that msicert asked to be non-exportable
+    exportable on its own). Returns the keys checked and those NCryptDeleteKey was asked to
+    delete."""
     import msicert_native
-    from msicert import Identity
-    from msicert.backends.windows._ncrypt_key import generate_key
+    from msicert.backends.windows import _ncrypt_key
 
     checked: list[Any] = []
     deleted: list[Any] = []
@@ -195,28 +201,124 @@ def _generate_with_exportable_policy_faked(
         deleted.append(key)
         real_delete(key)
 
+    from msicert import StoreError
+
     monkeypatch.setattr(msicert_native, "get_export_policy", exportable)
     monkeypatch.setattr(msicert_native, "delete_key", delete_spy)
-    with pytest.raises(msicert_native.NativeError, match="export policy is 0x1, not 0"):
-        generate_key(Identity())
-    (rejected,) = checked
-    return rejected, deleted
+    with pytest.raises((msicert_native.NativeError, StoreError),
+                       match="export policy is 0x1, not 0"):
+        _ncrypt_key.binding_key("system", machine=False, hold=_held, purge=lambda name: 0)
+    return checked, deleted
 
 
-def test_key_failing_its_export_policy_check_is_deleted_faked_policy(
+@skip_on_wine("NCryptOpenKey is a stub, so every provisioning creates: the case of a key that "
+              "already exists cannot arise; the created case is "
+              "test_created_binding_key_failing_its_export_policy_check_is_deleted_faked_policy")
+def test_existing_binding_key_failing_its_export_policy_check_is_refused_not_deleted_faked(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    rejected, deleted = _generate_with_exportable_policy_faked(monkeypatch)
-    assert rejected.name.startswith("msicert-system-")
-    assert deleted[-1] is rejected  # deleted, not left behind in the KSP
+    import msicert_native
+    from msicert.backends.windows import _ncrypt_key
+
+    _ncrypt_key.binding_key("system", machine=False, hold=_held, purge=lambda name: 0)
+    _ncrypt_key.forget_binding_keys()  # a new process finds the key
+    checked, deleted = _provision_with_exportable_policy_faked(monkeypatch)
+    assert checked and deleted == []  # another library's key: never deleted
+    assert all(key.closed for key in checked)
+    with msicert_native.open_provider() as provider:  # still there for its owners
+        msicert_native.open_key(provider, checked[-1].name).close()
+
+
+def test_created_binding_key_failing_its_export_policy_check_is_deleted_faked_policy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import msicert_native
+
+    real_open, real_create = msicert_native.open_key, msicert_native.create_rsa_key
+
+    def absent(*args: Any, **kw: Any) -> Any:  # no key yet: provisioning must create
+        raise msicert_native.NativeError("NCryptOpenKey", status=0x80090016)
+
+    def create_over(*args: Any, **kw: Any) -> Any:  # the real key may exist (real Windows)
+        return real_create(*args, **{**kw, "overwrite": True})
+
+    if not is_wine():  # Wine's NCryptOpenKey never finds a key anyway
+        monkeypatch.setattr(msicert_native, "open_key", absent)
+        monkeypatch.setattr(msicert_native, "create_rsa_key", create_over)
+    checked, deleted = _provision_with_exportable_policy_faked(monkeypatch)
+    monkeypatch.setattr(msicert_native, "open_key", real_open)
+    rejected = checked[-1]
+    assert rejected.name in ("KeyGuardRSAKey", "HardwareRSAKey")
+    assert deleted[-1] is rejected  # created by msicert just now: deleted, not left behind
     assert rejected.closed  # NCryptDeleteKey freed it or, where it failed, it was closed
 
 
-@skip_on_wine("NCryptOpenKey/NCryptDeleteKey are stubs (NTE_NOT_SUPPORTED): Wine cannot show "
-              "the rejected key is gone from the KSP; the delete attempt is asserted by "
-              "test_key_failing_its_export_policy_check_is_deleted_faked_policy")
-def test_rejected_key_is_gone_from_the_ksp_faked_policy(
-        monkeypatch: pytest.MonkeyPatch, provider: Any) -> None:
-    rejected, _ = _generate_with_exportable_policy_faked(monkeypatch)
-    with pytest.raises(_native().NativeError) as info:
-        _native().open_key(provider, rejected.name)
-    assert info.value.function == "NCryptOpenKey"
+# --- what the shared binding key needs: usage, no-overwrite creation, listing, age -----------
+
+
+def test_signing_only_key_signs_pss_and_exports_its_public_half(provider: Any) -> None:
+    """MSAL.NET's HardwareRSAKey is created with KeyUsage = Signing (CreateUserPcpRsa)."""
+    native = _native()
+    name = f"msicert-test-sign-{uuid.uuid4()}"
+    with native.create_rsa_key(provider, name, keyguard=False,
+                               usage=native.constants.NCRYPT_ALLOW_SIGNING_FLAG) as created:
+        digest = hashlib.sha256(b"signing only").digest()
+        signature = native.sign_pss_sha256(created, digest)
+        _public(created).verify(signature, b"signing only", padding.PSS(
+            padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+        if not is_wine():  # Wine keeps no key properties
+            from msicert_native._backend import impl
+
+            _, usage = impl.ncrypt_get_property(
+                created.handle, native.constants.NCRYPT_KEY_USAGE_PROPERTY, 4, 0)
+            assert int.from_bytes(usage, "little") == native.constants.NCRYPT_ALLOW_SIGNING_FLAG
+            native.delete_key(created)
+
+
+@skip_on_wine("keys are not persisted, so a second key of one name is never refused")
+def test_creating_without_overwrite_refuses_an_existing_key(provider: Any) -> None:
+    native = _native()
+    name = f"msicert-test-exists-{uuid.uuid4()}"
+    first = native.create_rsa_key(provider, name, keyguard=False, overwrite=False)
+    try:
+        spki = native.export_public_spki(first)
+        with pytest.raises(native.NativeError) as info:
+            native.create_rsa_key(provider, name, keyguard=False, overwrite=False)
+        assert info.value.code == native.constants.NTE_EXISTS
+        with native.open_key(provider, name) as again:
+            assert native.export_public_spki(again) == spki  # the first key is untouched
+    finally:
+        native.delete_key(first)
+
+
+def test_key_names_are_listed_or_the_stub_says_not_supported(provider: Any) -> None:
+    """Real Windows lists a key just created; Wine's NCryptEnumKeys is a stub
+    (NTE_NOT_SUPPORTED), which callers take as "cannot list"."""
+    native = _native()
+    name = f"msicert-test-enum-{uuid.uuid4()}"
+    created = native.create_rsa_key(provider, name, keyguard=False)
+    try:
+        if is_wine():
+            with pytest.raises(native.NativeError) as info:
+                native.enum_key_names(provider)
+            assert info.value.function == "NCryptEnumKeys"
+            assert info.value.code == native.constants.NTE_NOT_SUPPORTED
+            return
+        names = native.enum_key_names(provider)
+        assert name in names and len(names) == len(set(names))
+    finally:
+        if not is_wine():
+            native.delete_key(created)
+        created.close()
+
+
+def test_key_last_modified_is_now_or_unknown(provider: Any) -> None:
+    import time
+
+    native = _native()
+    name = f"msicert-test-age-{uuid.uuid4()}"
+    with native.create_rsa_key(provider, name, keyguard=False) as created:
+        when = native.key_last_modified(created)
+        if is_wine():
+            assert when is None  # Wine keeps no key properties
+        else:
+            assert when is not None and abs(when - time.time()) < 600
+            native.delete_key(created)

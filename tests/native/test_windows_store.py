@@ -199,3 +199,17 @@ def test_duplicate_reference_outlives_the_original(user_store: Any, marker: str)
         copy = ref.duplicate()
     with copy:
         assert copy.der == der and native.get_friendly_name(copy) == "dup"
+
+
+def test_memory_certificate_carries_its_key_link_and_stays_out_of_every_store(
+        user_store: Any, marker: str) -> None:
+    native = _native()
+    der = leaf(str(uuid.uuid4()), marker, "Memory-Issuer")
+    spec = native.constants.CERT_NCRYPT_KEY_SPEC
+    with native.memory_certificate(der, friendly_name=f"mem {marker}", key_name="KeyGuardRSAKey",
+                                   key_spec=spec) as ref:
+        assert ref.der == der
+        assert native.get_friendly_name(ref) == f"mem {marker}"
+        assert native.get_key_prov_info(ref) == native.KeyProvInfo(
+            "KeyGuardRSAKey", native.MS_KEY_STORAGE_PROVIDER, 0, 0, spec)
+    assert native.find_certificates(user_store, subject_substr=marker) == []

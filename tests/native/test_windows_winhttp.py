@@ -172,7 +172,7 @@ def test_refused_connection_is_a_native_error() -> None:
     assert info.value.function in {"WinHttpSendRequest", "WinHttpReceiveResponse"}
 
 
-# --- body caps: the POSIX limits while reading (issue 11.10) -------------------------------
+# --- body caps: the POSIX limits while reading ------------------------------------------
 
 
 @pytest.fixture

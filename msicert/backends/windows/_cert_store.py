@@ -1,41 +1,34 @@
-"""Windows store: ``CurrentUser\\My`` (or ``LocalMachine\\My``) through msicert_native.
+"""Windows store: ``CurrentUser\\My`` (or ``LocalMachine\\My``) through msicert_native, shared
+with MSAL.NET and MSAL Go as a good neighbour.
 
-Entries are tagged with the FriendlyName grammar of the reference client (MSAL.NET)::
+* Entries carry the references' FriendlyName tag (:mod:`._tags`) and are linked with
+  CERT_KEY_PROV_INFO {container, Microsoft Software KSP, prov type 0, CERT_NCRYPT_KEY_SPEC} to
+  the one binding key every library uses (:mod:`._ncrypt_key`: ``KeyGuardRSAKey``, else
+  ``HardwareRSAKey``).
+* Every write (persist, prune, purge, removal, key recreation) holds the store-write mutex the
+  references take, ``Global\\MSAL_MI_P_<hash of the alias>`` (:class:`._mutex.SharedStoreLock`),
+  for that write only. A persist or removal waits the references' 300 ms for it and is then
+  skipped, as theirs are; a persist that is skipped leaves the new certificate usable in this
+  process (its key is persisted in CNG already; WinHTTP gets a CERT_CONTEXT that lives in no
+  store); ``purge`` and key creation report the busy mutex instead.
+* After a persist only the EXPIRED entries whose alias is exactly the one written are pruned
+  (MSAL.NET ``PruneExpiredForAlias``, MSAL Go ``pruneExpired``): valid certificates of any
+  library, other aliases, the other ``#att`` variant and unparsable entries stay.
+* A reader looks up its own ``#att`` variant only: ``#att=1`` when it would mint with
+  attestation (AttestationClientLib.dll present and a KeyGuard binding key), else ``#att=0``.
 
-    MSAL|alias=<alias>|ep=<mTLS endpoint>/<tenant>|cid=<client id>|type=<identity type>
-        |key=<key kind>|sel=<selector kind>
-
-``alias`` is MSAL.NET's cache key for the identity (``system_assigned_managed_identity`` for
-the system-assigned identity, else the client id, object id or ARM resource id as configured)
-followed by ``#att=1`` when the certificate's key was attested, ``#att=0`` otherwise. MSAL.NET's
-decoder reads ``alias`` and ``ep`` only and ignores the other pairs, which are msicert's.
-So an entry either client persisted is a store hit for the other:
-
-* an MSAL.NET entry carries no ``cid``/``type``/``key``: the client id is the certificate's
-  subject CN (as MSAL.NET derives it), the tenant the last path segment of ``ep`` (else the
-  subject's DC), the identity type follows the selector, and the key kind follows the key
-  container (MSAL.NET's KeyGuard key is ``KeyGuardRSAKey``);
-* the tag that msicert wrote before this grammar (``alias=system`` / ``alias=client_id=<guid>``,
-  ``ep=<endpoint>``, ``cid``, ``tid``, ``type``, ``key``) is still read.
-
-Deleting is conservative: only an entry whose tag names this identity AND whose certificate
-parses with this identity's subject and (except for ``purge``) the expected issuer is ever
-deleted. An unparsable tag, an entry of another identity, or a certificate msicert cannot read
-is left alone. Keys are deleted only when msicert created them (``msicert-*`` containers):
-MSAL.NET's KeyGuard key is shared by all its identities.
-
-The private key stays in CNG, linked with CERT_KEY_PROV_INFO_PROP_ID; it is never exported.
+Deleting is conservative: an entry is deleted when its tag and subject name the identity, or by
+the prune and the purge of :mod:`._cleanup`. Unparsable entries are never deleted. Keys are
+deleted only when msicert made them (``msicert-*`` containers of earlier versions) and no
+certificate uses them any more.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import uuid
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -47,27 +40,47 @@ from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..contract import CorruptEntry, NewEntry, StaleCertificate
-from ._mutex import MutexLock
-from ._ncrypt_key import NCryptRsaKey, generate_key, key_is_alive, was_attested
+from . import _cleanup
+from ._mutex import PERSIST_WAIT, MutexLock, SharedStoreLock, mutex_names
+from ._ncrypt_key import (
+    KIND_KEYGUARD,
+    NCryptRsaKey,
+    binding_key,
+    key_is_alive,
+    keyguard_expected,
+)
+from ._tags import format_tag, metadata, parse_tag, reference_alias, tag_names
 
 if TYPE_CHECKING:
     from msicert_native import CertRef, CertStore, KeyProvInfo
 
     from ._winhttp_transport import WinHttpCache
 
-__all__ = ["WindowsStore", "format_tag", "parse_tag", "reference_alias"]
+__all__ = ["WindowsStore"]
 
 log = LazyLogger("msicert")
 
 _LOCATIONS = {"current-user": "CurrentUser\\My", "local-machine": "LocalMachine\\My"}
-_TAG_PREFIX = "MSAL|"
-# MSAL.NET: Constants.ManagedIdentityDefaultClientId, the system-assigned identity's cache key.
-REFERENCE_SYSTEM_ALIAS = "system_assigned_managed_identity"
-_ATT_SUFFIX = re.compile(r"#att=[0-9]+$")
-_ILLEGAL = ("|", "\r", "\n", "\0")  # what the reference's encoder refuses in a value
-_REFERENCE_KEYGUARD_CONTAINER = "KeyGuardRSAKey"  # MSAL.NET WindowsCngKeyOperations
 _ENV_ISSUER = "MSICERT_ISSUER"  # the client's default issuer override (msicert._client)
+KEY_LOCK_WAIT = 10.0
+"""Seconds key creation waits for the store-write mutex (MSAL Go waits as long for its key
+provisioning lock); then the mint fails before any IMDS issuance, and is retried later."""
 _probed: dict[str, bool | None] = {}  # x5t -> key alive? (one test signature per process)
+
+
+@dataclass
+class _Unpersisted:
+    """A minted certificate the store could not take (mutex busy, or a newer entry there):
+    usable from memory by this process; ``ref`` is its CERT_CONTEXT for WinHTTP."""
+
+    location: str
+    alias: str  # the references' alias, variant included
+    identity: Identity
+    entry: BindingCertificate
+    ref: CertRef
+
+
+_unpersisted: dict[str, _Unpersisted] = {}  # x5t -> entry, for every store of this process
 
 
 def _no_crash(phase: str) -> None:
@@ -75,116 +88,6 @@ def _no_crash(phase: str) -> None:
 
 
 _crash_point = _no_crash
-
-
-def _alias_base(identity: Identity) -> str:
-    if identity.kind == "system":
-        return REFERENCE_SYSTEM_ALIAS
-    return identity.value
-
-
-def reference_alias(identity: Identity, *, attested: bool) -> str:
-    """MSAL.NET's alias (cache key) for ``identity``: ``<id>#att=<0|1>``."""
-    return f"{_alias_base(identity)}#att={1 if attested else 0}"
-
-
-def format_tag(identity: Identity, entry: NewEntry, kind: str, *, attested: bool = False) -> str:
-    """The FriendlyName for one entry (reference grammar plus msicert's extra pairs)."""
-    fields = {
-        "alias": reference_alias(identity, attested=attested),
-        "ep": f"{entry.mtls_endpoint.rstrip('/')}/{entry.tenant_id.strip('/')}",
-        "cid": entry.client_id, "type": entry.identity_type, "key": kind, "sel": identity.kind,
-    }
-    fields = {k: v.strip() for k, v in fields.items()}  # the reference decoder trims them
-    for value in fields.values():
-        if not value or any(c in value for c in _ILLEGAL):
-            raise StoreError("refusing to tag an entry with '|', a line break, NUL or blank "
-                             "text in its metadata")
-    return _TAG_PREFIX + "|".join(f"{k}={v}" for k, v in fields.items())
-
-
-def parse_tag(text: str | None) -> dict[str, str] | None:
-    """The tag's ``key=value`` pairs, or None when MSAL.NET's decoder would refuse it.
-
-    Decoded as the reference decodes: the ``MSAL|`` prefix, then ``|``-separated pairs split
-    at the first ``=``, keys and values trimmed, pieces without ``=`` skipped, the last of a
-    repeated key wins; ``alias`` and ``ep`` must be non-blank.
-    """
-    if not text or not text.startswith(_TAG_PREFIX):
-        return None
-    fields: dict[str, str] = {}
-    for part in text[len(_TAG_PREFIX):].split("|"):
-        name, sep, value = part.partition("=")
-        if sep:
-            fields[name.strip()] = value.strip()
-    if not fields.get("alias") or not fields.get("ep"):
-        return None
-    return fields
-
-
-def tag_names(fields: dict[str, str], identity: Identity) -> str | None:
-    """``"reference"`` or ``"legacy"`` when the tag names ``identity``, else None.
-
-    GUIDs and ARM resource ids compare case-insensitively (MSAL.NET keeps the case its caller
-    configured). ``sel`` (msicert's) keeps a client id and an object id apart; an MSAL.NET tag
-    has none, and the certificate's subject decides.
-    """
-    alias = fields["alias"]
-    if alias == identity.alias:  # msicert's tag before the reference grammar
-        return "legacy" if all(fields.get(n) for n in ("cid", "tid", "type")) else None
-    base = _ATT_SUFFIX.sub("", alias)
-    if base.casefold() != _alias_base(identity).casefold():
-        return None
-    if fields.get("sel", identity.kind) != identity.kind:
-        return None
-    return "reference"
-
-
-@dataclass(frozen=True)
-class _Metadata:
-    client_id: str
-    tenant_id: str
-    mtls_endpoint: str
-    identity_type: str
-    key: str
-
-
-def _subject_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
-    values = cert.subject.get_attributes_for_oid(oid)
-    value = values[0].value if len(values) == 1 else None
-    return value if isinstance(value, str) else None
-
-
-def _metadata(
-    fields: dict[str, str], how: str, cert: x509.Certificate, identity: Identity,
-    info: KeyProvInfo,
-) -> _Metadata:
-    """What the token leg needs, from the tag, completed from the certificate when the tag is
-    MSAL.NET's (CorruptEntry when neither has it)."""
-    if how == "legacy":
-        return _Metadata(fields["cid"], fields["tid"], fields["ep"], fields["type"],
-                         fields.get("key", "software-ksp"))
-    parts = urlsplit(fields["ep"])
-    if parts.scheme.lower() != "https" or not parts.netloc:
-        raise CorruptEntry("its tag's ep is not an https URL")
-    path, _, tenant = parts.path.rstrip("/").rpartition("/")
-    endpoint = f"{parts.scheme}://{parts.netloc}{path}"
-    if not tenant:  # the reference allows ep without a tenant: the subject's DC is the tenant
-        tenant, endpoint = _subject_value(cert, NameOID.DOMAIN_COMPONENT) or "", fields["ep"]
-    if not tenant:
-        raise CorruptEntry("neither its tag's ep nor its subject names a tenant")
-    client_id = fields.get("cid", "")
-    if not client_id:  # MSAL.NET: the subject CN (a GUID) is the canonical client id
-        cn = _subject_value(cert, NameOID.COMMON_NAME) or ""
-        try:
-            client_id = str(uuid.UUID(cn))
-        except ValueError:
-            raise CorruptEntry("its subject CN is not a client id GUID") from None
-    identity_type = fields.get("type") or (
-        "SystemAssigned" if identity.kind == "system" else "UserAssigned")
-    key = fields.get("key") or (
-        "keyguard" if info.container == _REFERENCE_KEYGUARD_CONTAINER else "software-ksp")
-    return _Metadata(client_id, tenant, endpoint.rstrip("/"), identity_type, key)
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -207,10 +110,10 @@ class _Slot:
     info: KeyProvInfo | None = None
     problem: CorruptEntry | None = None
 
-    def deletable(self, *, check_issuer: bool = True) -> bool:
-        """Provably this identity's: tag, subject and (unless told) issuer agree; an entry
-        only MSAL.NET can use goes by an explicit purge only."""
-        return self.subject_ours and ((self.issuer_ok and self.complete) or not check_issuer)
+
+def _newest_first(slot: _Slot) -> tuple[float, float]:
+    entry = slot.entry
+    return (0.0, 0.0) if entry is None else (-entry.not_after_ts, -entry.not_before_ts)
 
 
 class WindowsStore:
@@ -242,27 +145,35 @@ class WindowsStore:
         return (self._issuers.get(identity.alias) or os.environ.get(_ENV_ISSUER)
                 or _policy.DEFAULT_ISSUER_CN)
 
-    def _entries(
-        self, store: CertStore, identity: Identity
-    ) -> list[tuple[CertRef, dict[str, str]]]:
-        """The certificates whose tag names ``identity`` (collected first: never delete while
-        enumerating). Only the tag decides here; :meth:`_scan` judges the certificates."""
+    def attested(self) -> bool:
+        """The ``#att`` variant this store's clients read and write: True when a mint would be
+        attested (AttestationClientLib.dll found, and the binding key is or would be
+        KeyGuard), as the references key their cache by whether attestation is configured."""
         import msicert_native
 
-        mine = []
+        if msicert_native.find_attestation_library()[0] is None:
+            return False
+        return keyguard_expected(machine=self.machine)
+
+    def _key_flags(self) -> int:
+        import msicert_native
+
+        return msicert_native.constants.NCRYPT_MACHINE_KEY_FLAG if self.machine else 0
+
+    def _scan(self, store: CertStore, identity: Identity, issuer_cn: str, *,
+              attested: bool | None) -> list[_Slot]:
+        """Every entry whose tag names ``identity`` in variant ``attested`` (None: any),
+        judged; collected first (never delete while enumerating). The caller closes
+        ``slot.ref``."""
+        import msicert_native
+
+        slots = []
         for ref in msicert_native.enum_certificates(store):
             fields = parse_tag(msicert_native.get_friendly_name(ref))
-            if fields is not None and tag_names(fields, identity) is not None:
-                mine.append((ref, fields))
-            else:
+            how = None if fields is None else tag_names(fields, identity, attested=attested)
+            if fields is None or how is None:
                 ref.close()
-        return mine
-
-    def _scan(self, store: CertStore, identity: Identity, issuer_cn: str) -> list[_Slot]:
-        """Every entry tagged for ``identity``, judged (the caller closes ``slot.ref``)."""
-        slots = []
-        for ref, fields in self._entries(store, identity):
-            how = tag_names(fields, identity) or ""
+                continue
             slot = _Slot(ref, fields, how)
             slots.append(slot)
             try:
@@ -296,7 +207,7 @@ class WindowsStore:
         if info is None:
             raise CorruptEntry("certificate without private key link")
         try:
-            meta = _metadata(slot.fields, slot.how, cert, identity, info)
+            meta = metadata(slot.fields, slot.how, cert, identity, info)
         except CorruptEntry as exc:  # usable by MSAL.NET perhaps, not by msicert: not corrupt
             slot.complete = False
             log.info("entry tagged for %s is not usable by msicert (%s); left alone",
@@ -309,73 +220,76 @@ class WindowsStore:
             store=self.description,
         )
 
-    def _delete(self, store: CertStore, ref: CertRef) -> None:
-        import msicert_native as native
-
-        info = native.get_key_prov_info(ref)
-        native.delete_certificate(store, ref)
-        if info is not None and info.container.startswith("msicert-"):  # never another's key
-            try:
-                with native.open_provider(info.provider) as provider:
-                    native.delete_key(native.open_key(
-                        provider, info.container,
-                        machine=bool(info.flags & native.constants.NCRYPT_MACHINE_KEY_FLAG)))
-            except native.NativeError as exc:
-                log.debug("key %s not deleted: %s", info.container, exc)
-
     # --- the Store contract -------------------------------------------------------------------
     def find(self, identity: Identity, *, issuer_cn: str | None) -> BindingCertificate | None:
-        """Newest NotAfter among the identity's entries; CorruptEntry if only bad ones exist.
+        """Newest NotAfter among the identity's entries of this reader's variant whose key
+        passes its test signature; CorruptEntry if only bad ones exist.
 
         Entries whose subject names another identity are skipped, not reported.
         """
         issuer_cn = self._issuer(identity, issuer_cn)
+        attested = self.attested()
         with self._open() as store:
-            slots = self._scan(store, identity, issuer_cn)
+            slots = self._scan(store, identity, issuer_cn, attested=attested)
             for slot in slots:
                 slot.ref.close()
-        good = [s for s in slots if s.entry is not None]
-        best = _policy.pick_best([s.entry for s in good if s.entry is not None])
-        if best is None:
-            problem = next((s.problem for s in slots if s.problem is not None), None)
-            if problem is not None:
-                raise problem
-            return None
-        slot = next(s for s in good if s.entry is best)
-        assert slot.info is not None and slot.cert is not None
-        self._probe(best.x5t_s256, slot.info, _spki(slot.cert))
-        return best
+        # Newest NotAfter first (ties: the later NotBefore, i.e. the later mint).
+        candidates = sorted((s for s in slots if s.entry is not None), key=_newest_first)
+        for best in candidates:
+            assert best.entry is not None and best.info is not None and best.cert is not None
+            if self._probe(best.entry.x5t_s256, best.info, _spki(best.cert)):
+                return self._newest(best.entry, identity, attested)
+            best.problem = CorruptEntry(
+                "its key failed a test signature or is not the certificate's (per-boot key "
+                "after a reboot?)", location=self.description)
+        memory = self._newest(None, identity, attested)
+        if memory is not None:
+            return memory
+        problem = next((s.problem for s in slots if s.problem is not None), None)
+        if problem is not None:
+            raise problem
+        return None
 
-    def _probe(self, x5t: str, info: KeyProvInfo, spki_der: bytes) -> None:
-        """One test signature per process: a dead per-boot key, or a key that is not the
-        certificate's (a KeyGuard key re-created under the same name), makes it corrupt."""
+    def _newest(self, found: BindingCertificate | None, identity: Identity,
+                attested: bool) -> BindingCertificate | None:
+        """``found`` or a newer certificate this process minted but could not store."""
+        alias = reference_alias(identity, attested=attested)
+        kept = [u.entry for u in _unpersisted.values()
+                if u.location == self.location and u.alias.casefold() == alias.casefold()
+                and u.identity.kind == identity.kind]
+        return _policy.pick_best([*kept, *([found] if found is not None else [])])
+
+    def _probe(self, x5t: str, info: KeyProvInfo, spki_der: bytes) -> bool:
+        """One test signature per process and certificate: False for a dead per-boot key or
+        a key that is not the certificate's (a binding key re-created under its name)."""
         import msicert_native as native
 
         if x5t not in _probed:
             _probed[x5t] = key_is_alive(
                 info.container, machine=bool(info.flags & native.constants.NCRYPT_MACHINE_KEY_FLAG),
                 provider=info.provider, spki_der=spki_der)
-        if _probed[x5t] is False:
-            raise CorruptEntry("its key failed a test signature or is not the certificate's "
-                               "(per-boot key after a reboot?)", location=self.description)
+        return _probed[x5t] is not False
 
     def put(self, identity: Identity, entry: NewEntry, *, issuer_cn: str | None
             ) -> BindingCertificate:
-        """Add the certificate linked to its CNG key; drop the identity's older entries.
+        """Add the certificate linked to its CNG key, then prune the expired entries of its
+        exact alias, all under the store-write mutex.
 
-        Once the certificate is in the store, put does not fail for the clean-up of older
-        entries (logged): the caller discards the key of a failed put, and a stored
-        certificate must never outlive its key. A failure while adding removes what the add
-        may have left before it is raised.
+        When the mutex stays busy for 300 ms, or the store already holds a newer valid
+        certificate for the alias, nothing is written (as the references skip) and the
+        certificate is returned for this process's use from memory (``source`` "memory").
+        Once the certificate is in the store, put does not fail for the pruning (logged). A
+        failure while adding removes what the add may have left before it is raised.
         """
         import msicert_native as native
 
         issuer_cn = self._issuer(identity, issuer_cn)
-        key_name, kind = entry.key.name, entry.key.kind
-        if not key_name:
+        key = entry.key
+        if not key.name:
             raise StoreError(f"the Windows store needs a CNG key for the certificate, not a "
-                             f"{kind} key")
-        tag = format_tag(identity, entry, kind, attested=was_attested(key_name))
+                             f"{key.kind} key")
+        attested = isinstance(key, NCryptRsaKey) and key.attested
+        tag = format_tag(identity, entry, key.kind, attested=attested)
         try:
             cert = x509.load_der_x509_certificate(entry.der)
         except ValueError as exc:
@@ -383,47 +297,123 @@ class WindowsStore:
         why = _policy.identity_mismatch(cert, identity, issuer_cn=issuer_cn)
         if why:
             raise CorruptEntry.refusing(why, location=self.description)
+        alias = reference_alias(identity, attested=attested)
         new_x5t = x5t_s256(entry.der)
-        with self._open() as store:
-            try:
-                native.add_certificate(
-                    store, entry.der, friendly_name=tag, key_name=key_name,
-                    key_flags=native.constants.NCRYPT_MACHINE_KEY_FLAG if self.machine else 0,
-                ).close()
-            except BaseException as exc:
-                self._undo_add(store, new_x5t)
-                if isinstance(exc, native.NativeError):
-                    raise StoreError(f"cannot add the certificate to {self.description}: {exc}"
-                                     ) from exc
-                raise
-            try:
-                _crash_point("added")
-                self._drop_older(store, identity, new_x5t, issuer_cn)
-                _crash_point("older-dropped")
-            except Exception as exc:  # the new entry stands; see docstring
-                log.warning("certificate %s is stored in %s, but removing older entries of %s "
-                            "failed (%s: %s); they stay until the next renewal", new_x5t,
-                            self.description, identity.alias, type(exc).__name__, exc)
-            except BaseException:
-                self._undo_add(store, new_x5t)  # the caller will discard the key
-                raise
+        lock = SharedStoreLock(alias)
+        with lock.hold(PERSIST_WAIT) as held:
+            if not held:
+                log.warning("%s is busy (another process is writing %s); certificate %s is "
+                            "not stored and serves this process from memory", lock.name,
+                            self.description, new_x5t)
+                return self._keep_in_memory(identity, entry, cert, tag, alias)
+            with self._open() as store:
+                if self._newer_stored(store, identity, issuer_cn, alias, cert):
+                    log.info("%s already holds a newer certificate for %s; certificate %s is "
+                             "not stored", self.description, alias, new_x5t)
+                    return self._keep_in_memory(identity, entry, cert, tag, alias)
+                try:
+                    native.add_certificate(
+                        store, entry.der, friendly_name=tag, key_name=key.name,
+                        key_flags=self._key_flags(),
+                        key_spec=native.constants.CERT_NCRYPT_KEY_SPEC,
+                    ).close()
+                except BaseException as exc:
+                    self._undo_add(store, new_x5t)
+                    if isinstance(exc, native.NativeError):
+                        raise StoreError(f"cannot add the certificate to {self.description}: "
+                                         f"{exc}") from exc
+                    raise
+                try:
+                    _crash_point("added")
+                    _cleanup.prune_expired(store, alias)
+                    self._prune_legacy(store, identity, issuer_cn)
+                    _cleanup.sweep_legacy_keys(store, machine=self.machine)
+                    _crash_point("older-dropped")
+                except Exception as exc:  # the new entry stands; see docstring
+                    log.warning("certificate %s is stored in %s, but pruning expired entries "
+                                "of %s failed (%s: %s); they stay until the next renewal",
+                                new_x5t, self.description, alias, type(exc).__name__, exc)
+                except BaseException:
+                    self._undo_add(store, new_x5t)
+                    raise
         _probed[new_x5t] = True
         return BindingCertificate.from_der(
             entry.der, cert, identity=identity, client_id=entry.client_id,
             tenant_id=entry.tenant_id, mtls_endpoint=entry.mtls_endpoint,
-            identity_type=entry.identity_type, source="store", key=kind, store=self.description,
+            identity_type=entry.identity_type, source="store", key=key.kind,
+            store=self.description,
         )
 
-    def _drop_older(self, store: CertStore, identity: Identity, new_x5t: str,
-                    issuer_cn: str) -> None:
-        slots = self._scan(store, identity, issuer_cn)
+    def _keep_in_memory(self, identity: Identity, entry: NewEntry, cert: x509.Certificate,
+                        tag: str, alias: str) -> BindingCertificate:
+        """The certificate for this process only: a CERT_CONTEXT in no store, linked to the
+        key (persisted in CNG), so that WinHTTP can present it."""
+        import msicert_native as native
+
+        ref = native.memory_certificate(
+            entry.der, friendly_name=tag, key_name=entry.key.name, key_flags=self._key_flags(),
+            key_spec=native.constants.CERT_NCRYPT_KEY_SPEC)
+        kept = BindingCertificate.from_der(
+            entry.der, cert, identity=identity, client_id=entry.client_id,
+            tenant_id=entry.tenant_id, mtls_endpoint=entry.mtls_endpoint,
+            identity_type=entry.identity_type, source="memory", key=entry.key.kind,
+            store=self.description,
+        )
+        for x5t, old in list(_unpersisted.items()):  # one per identity and variant
+            if (old.location, old.alias, old.identity) == (self.location, alias, identity):
+                del _unpersisted[x5t]
+                old.ref.close()
+        _unpersisted[kept.x5t_s256] = _Unpersisted(self.location, alias, identity, kept, ref)
+        _probed[kept.x5t_s256] = True
+        return kept
+
+    def _newer_stored(self, store: CertStore, identity: Identity, issuer_cn: str,
+                      alias: str, cert: x509.Certificate) -> bool:
+        """The reference's skip: the store already holds, under exactly ``alias``, a valid
+        certificate expiring no earlier. Unlike the reference, only an entry msicert would
+        serve counts (its subject, issuer and key pass), so a stray entry carrying our alias
+        cannot stop every persist."""
+        now = time.time()
+        mine = cert.not_valid_after_utc.timestamp()
+        slots = self._scan(store, identity, issuer_cn, attested=None)
         try:
-            for slot in slots:
-                if slot.deletable() and x5t_s256(slot.ref.der) != new_x5t:
-                    self._delete(store, slot.ref)  # renewal: the old entry goes
+            return any(
+                s.entry is not None and s.fields["alias"] == alias
+                and s.entry.not_after_ts >= mine and s.entry.not_after_ts > now
+                and _probed.get(s.entry.x5t_s256) is not False
+                for s in slots)
+        finally:
+            for s in slots:
+                s.ref.close()
+
+    def _prune_legacy(self, store: CertStore, identity: Identity, issuer_cn: str) -> int:
+        """Delete this identity's expired entries in msicert's tag from before the reference
+        grammar (``alias=system`` ...), with their ``msicert-*`` keys: no other library reads
+        that tag, and left alone they (and their keys) would stay forever."""
+        now = time.time()
+        slots = self._scan(store, identity, issuer_cn, attested=False)
+        try:
+            doomed = [s for s in slots if s.how == "legacy" and s.subject_ours
+                      and s.cert is not None
+                      and s.cert.not_valid_after_utc.timestamp() <= now]
+            for slot in doomed:
+                _cleanup.delete_entry(store, slot.ref)
+                log.info("pruned expired certificate %s (msicert's earlier tag %s)",
+                         x5t_s256(slot.ref.der), slot.fields["alias"])
+            return len(doomed)
         finally:
             for slot in slots:
                 slot.ref.close()
+
+    def purge_bound_to(self, container: str, issuer_cn: str) -> int:
+        """Delete the IMDS-issued certificates bound to the binding key ``container`` that was
+        just replaced (:func:`._cleanup.purge_bound_to`); runs under the store-write mutex
+        the key creation holds."""
+        with self._open() as store:
+            gone = _cleanup.purge_bound_to(store, container, issuer_cn, machine=self.machine)
+        for x5t in gone:
+            _probed.pop(x5t, None)
+        return len(gone)
 
     def _undo_add(self, store: CertStore, x5t: str) -> None:
         """Best effort: delete the certificate ``x5t`` if an interrupted add left it."""
@@ -442,46 +432,80 @@ class WindowsStore:
             log.warning("could not remove the half-added certificate %s: %s", x5t, exc)
 
     def remove(self, identity: Identity, x5t: str | None = None) -> bool:
-        """Delete the identity's entries (only the one holding ``x5t`` when given).
-
-        Only entries that are provably this identity's (tag, subject, issuer) go.
-        """
+        """Delete the certificate ``x5t`` of the identity; without ``x5t``, the identity's
+        entries that are corrupt (provably ours by tag, subject and issuer, but with no key
+        link or a key that fails its test signature). This reader's variant only; valid
+        entries stay. Skipped (False) when the store-write mutex stays busy."""
+        attested = self.attested()
+        for kept_x5t, kept in list(_unpersisted.items()):
+            if x5t is not None and kept_x5t == x5t and kept.identity == identity:
+                del _unpersisted[kept_x5t]
+                kept.ref.close()
+                return True
+        alias = reference_alias(identity, attested=attested)
+        lock = SharedStoreLock(alias)
         removed = False
-        with self._open() as store:
-            slots = self._scan(store, identity, self._issuer(identity))
-            try:
-                for slot in slots:
-                    if x5t is not None and x5t_s256(slot.ref.der) != x5t:
-                        continue
-                    if slot.deletable(check_issuer=x5t is None):
-                        self._delete(store, slot.ref)
-                        removed = True
-            finally:
-                for slot in slots:
-                    slot.ref.close()
+        with lock.hold(PERSIST_WAIT) as held:
+            if not held:
+                log.info("%s is busy; entry of %s left for now", lock.name, alias)
+                return False
+            with self._open() as store:
+                slots = self._scan(store, identity, self._issuer(identity), attested=attested)
+                try:
+                    for slot in slots:
+                        if not slot.subject_ours:
+                            continue
+                        this = x5t_s256(slot.ref.der)
+                        if x5t is not None:
+                            doomed = this == x5t
+                        else:
+                            doomed = slot.issuer_ok and (
+                                _probed.get(this) is False
+                                or (slot.problem is not None and not slot.problem.keep))
+                        if doomed:
+                            _cleanup.delete_entry(store, slot.ref)
+                            _probed.pop(this, None)
+                            log.info("removed certificate %s (%s)", this, slot.fields["alias"])
+                            removed = True
+                finally:
+                    for slot in slots:
+                        slot.ref.close()
         return removed
 
     def purge(self, identity: Identity) -> int:
-        """Remove every entry of ``identity`` (and msicert's keys); return how many went.
-
-        Every issuer counts (an explicit purge), but the tag and subject must be this
-        identity's: another identity's and unreadable entries stay.
-        """
+        """Remove every entry of ``identity``, both variants, every issuer (and msicert's old
+        keys); each is logged; return how many went. The tag and subject must be this
+        identity's: another identity's and unreadable entries stay. StoreError when the
+        store-write mutex stays busy (nothing is removed then)."""
+        locks = [SharedStoreLock(reference_alias(identity, attested=a)) for a in (False, True)]
         count = 0
-        with self._open() as store:
-            slots = self._scan(store, identity, self._issuer(identity))
-            try:
-                for slot in slots:
-                    if slot.deletable(check_issuer=False):
-                        self._delete(store, slot.ref)
-                        count += 1
-            finally:
-                for slot in slots:
-                    slot.ref.close()
+        with locks[0].hold(PERSIST_WAIT) as held0, locks[1].hold(PERSIST_WAIT) as held1:
+            if not (held0 and held1):
+                busy = locks[0] if not held0 else locks[1]
+                raise StoreError(f"{busy.name} is held by another process writing "
+                                 f"{self.description}; nothing was purged (try again)")
+            with self._open() as store:
+                slots = self._scan(store, identity, self._issuer(identity), attested=None)
+                try:
+                    for slot in slots:
+                        if slot.subject_ours:
+                            this = x5t_s256(slot.ref.der)
+                            _cleanup.delete_entry(store, slot.ref)
+                            _probed.pop(this, None)
+                            log.info("purged certificate %s (%s)", this, slot.fields["alias"])
+                            count += 1
+                finally:
+                    for slot in slots:
+                        slot.ref.close()
+                _cleanup.sweep_legacy_keys(store, machine=self.machine)
+        for x5t, kept in list(_unpersisted.items()):
+            if kept.location == self.location and kept.identity.alias == identity.alias:
+                del _unpersisted[x5t]
+                kept.ref.close()
         return count
 
     def lock(self, identity: Identity, *, timeout: float) -> MutexLock:
-        """Named mutex per user and identity, in ``Global\\`` (see :func:`mutex_names`)."""
+        """msicert's single-flight mutex per user and identity (see :func:`mutex_names`)."""
         primary, fallback = mutex_names(self.location, identity, machine=self.machine)
         return MutexLock(primary, timeout=timeout, fallback=fallback)
 
@@ -494,8 +518,19 @@ class WindowsStore:
         """Nothing to write (see :meth:`read_note`)."""
 
     def generate_key(self, identity: Identity) -> NCryptRsaKey:
-        """KeyGuard first, else a non-exportable software-KSP key."""
-        return generate_key(identity, machine=self.machine)
+        """The shared binding key (KeyGuard, else HardwareRSAKey); created or replaced under
+        the store-write mutex of this identity's alias, followed by the purge of what was
+        bound to the key it replaced."""
+        alias = reference_alias(identity, attested=self.attested())
+        lock = SharedStoreLock(alias)
+        issuer_cn = self._issuer(identity)
+        key = binding_key(identity.alias, machine=self.machine,
+                          hold=lambda: lock.hold(KEY_LOCK_WAIT),
+                          purge=lambda container: self.purge_bound_to(container, issuer_cn))
+        if key.kind != KIND_KEYGUARD:
+            log.info("KeyGuard unavailable; the binding key is the non-exportable "
+                     "software-KSP key %s", key.name)
+        return key
 
     def transport(self) -> WinHttpCache:
         """mTLS through WinHTTP with this store's certificate contexts."""
@@ -504,8 +539,9 @@ class WindowsStore:
         return WinHttpCache(self.cert_ref, self.description)
 
     def cert_ref(self, x5t: str) -> CertRef:
-        """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP); StaleCertificate
-        when it is gone (another process renewed or purged it)."""
+        """An owned CERT_CONTEXT for the certificate ``x5t`` (for WinHTTP): from the store, or
+        the in-memory one of a certificate that could not be stored; StaleCertificate when it
+        is gone (another process renewed or purged it)."""
         import msicert_native
 
         with self._open() as store:
@@ -516,25 +552,8 @@ class WindowsStore:
                 else:
                     ref.close()
         if found is None:
+            kept = _unpersisted.get(x5t)
+            if kept is not None and kept.location == self.location:
+                return kept.ref.duplicate()
             raise StaleCertificate(f"certificate {x5t} is no longer in {self.description}")
         return found
-
-
-def mutex_names(location: str, identity: Identity, *, machine: bool) -> tuple[str, str]:
-    """``(Global\\msicert-<owner>-<hash>, Local\\msicert-<owner>-<hash>)`` for one identity.
-
-    ``CurrentUser\\My`` is per user, shared by every logon session of that user (a service in
-    session 0 and an interactive session), so the single-flight mutex lives in ``Global\\``
-    with the user's SID in its name: all sessions of one user meet on it, and other users never
-    collide with (or wait on) it. ``LocalMachine\\My`` is one store for everybody: its mutex
-    is ``Global\\msicert-machine-<hash>``. When the ``Global\\`` name cannot be created or
-    opened (ERROR_ACCESS_DENIED: a hardened object-namespace DACL, a low-integrity or
-    AppContainer process, or a same-named object made by someone whose DACL excludes us),
-    :class:`MutexLock` falls back to ``Local\\`` (this logon session only) and logs a warning,
-    since two sessions of the user may then mint at once.
-    """
-    import msicert_native
-
-    owner = "machine" if machine else msicert_native.current_user_sid()
-    digest = hashlib.sha256(f"{location}|{identity.alias}".encode()).hexdigest()[:32]
-    return f"Global\\msicert-{owner}-{digest}", f"Local\\msicert-{owner}-{digest}"
