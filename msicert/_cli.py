@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the operation failed (IMDS, ESTS, store), or ``status`` found an
 identity that is absent, expired, not yet valid or corrupt, or ``probe`` found no IMDS v2;
-2 invalid usage or options; 130 interrupted.
+2 invalid usage or options; 130 interrupted; 141 the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _lazylog
-from ._errors import ImdsError, MsiCertError, TokenError
+from ._errors import ImdsError, MsiCertError, StoreError, TokenError
 
 if TYPE_CHECKING:
     import logging
@@ -91,8 +91,22 @@ def _identity_args(p: argparse.ArgumentParser) -> None:
                             "local-machine for services)")
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (``inf``, ``1e309``, ``nan``, ``0``
+    and negatives are usage errors, never a traceback or an unbounded wait)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return value
+
+
 def _timeout_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="give up after this long (IMDS retries, lock waits and ESTS included)")
 
 
@@ -122,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resource", "--scope", dest="resource", required=True,
                    help="resource URI or scope, e.g. https://vault.azure.net[/.default]")
     t.add_argument("--raw", action="store_true", help="print the bare access token only")
+    t.add_argument("--claims", metavar="JSON", default=None,
+                   help="a resource's claims challenge (JSON): mint a fresh certificate, then "
+                        "ask for a token with these claims")
     _identity_args(t)
     _timeout_arg(t)
     u = sub.add_parser("purge", parents=[common], help="remove the identity's stored certificate")
@@ -129,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", parents=[common],
                         help="which managed identity source this host has (imds_v2/v1/none) and "
                              "its max binding strength (keyguard/software/bearer/none)")
-    pr.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+    pr.add_argument("--timeout", type=_seconds, default=2.0, metavar="SECONDS",
                     help="answer within this long (default 2)")
     pr.add_argument("--imds-endpoint", default=None,
                     help="IMDS base URL (default $AZURE_POD_IDENTITY_AUTHORITY_HOST, "
@@ -223,8 +240,8 @@ def _status_row(cert: Any, now: float) -> dict[str, Any]:
 
 def _status_line(row: dict[str, Any], cert: Any, now: float, width: int) -> str:
     name = row["identity"].ljust(width)
-    if row["state"] == "corrupt":
-        return f"{name}  corrupt: {row['reason']}"
+    if row["state"] in ("corrupt", "unreadable"):
+        return f"{name}  {row['state']}: {row['reason']}"
     bar = _bar(cert.not_before_ts, cert.renew_after_ts, cert.not_after_ts, now)
     left = row["expires_in_seconds"]
     due = row["renews_in_seconds"]
@@ -307,8 +324,12 @@ def _status_all(args: argparse.Namespace) -> int:
     directory = client.store.directory
     if directory is None:
         raise ValueError("status --all lists file stores only (use --store-dir)")
-    names = [] if not os.path.isdir(directory) else sorted(
-        n for n in os.listdir(directory) if re.fullmatch(r"msal_mtls(\.[^.]+)?\.pem", n))
+    try:
+        names = [] if not os.path.isdir(directory) else sorted(
+            n for n in os.listdir(directory) if re.fullmatch(r"msal_mtls(\.[^.]+)?\.pem", n))
+    except OSError as exc:
+        raise StoreError(f"cannot list store directory {directory}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
     now = time.time()
     rows: list[tuple[dict[str, Any], Any]] = []
     for name in names:
@@ -324,6 +345,9 @@ def _status_all(args: argparse.Namespace) -> int:
             reason = exc.reason if isinstance(exc, CorruptEntry) else str(exc)
             rows.append(({"identity": alias, "state": "corrupt", "reason": reason,
                           "store": path}, None))
+        except MsiCertError as exc:  # unreadable: the rest of the listing still shows
+            rows.append(({"identity": alias, "state": "unreadable",
+                          "reason": _SUFFIX.sub("", str(exc)), "store": path}, None))
     ok = bool(rows) and all(r["state"] in ("fresh", "renewing") for r, _ in rows)
     if args.json:
         _print_json({"store": directory, "identities": [r for r, _ in rows]})
@@ -338,11 +362,23 @@ def _status_all(args: argparse.Namespace) -> int:
 
 
 def _alias_in(path: str) -> str | None:
+    """The ``identity:`` header of the entry at ``path``; None when it is not a readable
+    regular file (a FIFO named like an entry must not hang the listing)."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
+        fd = os.open(path, flags)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     m = re.search(rb"^identity:\s*(\S+)\s*$", head, re.M)
     return m.group(1).decode("utf-8", "replace") if m else None
 
@@ -369,8 +405,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
     resource = args.resource.strip()
     if resource.endswith("/.default"):
         resource = resource[: -len("/.default")]
+    claims = args.claims
+    if claims is not None:
+        try:
+            document = json.loads(claims)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise ValueError("--claims must be a JSON object (a resource's claims challenge)")
     with _client(args, args.timeout) as client:
-        token = client.acquire_token(resource)
+        token = client.acquire_token(resource, claims=claims)
     if args.raw:
         print(token.access_token)
         return 0
@@ -532,3 +576,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _closed_pipe(args)
+
+
+def _closed_pipe(args: argparse.Namespace) -> int:
+    """The reader of our output went away (``| head``): one line on stderr, exit 141 (what a
+    shell reports for SIGPIPE), and no second error when Python flushes stdout at exit."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        print(f"msicert {args.command}: output closed before it was all written (broken pipe)",
+              file=sys.stderr)
+    return 141

@@ -46,18 +46,18 @@ class ProbeResult:
 
 
 def _ask(base: str, path: str, label: str, until: float) -> tuple[bool, str | None, bool]:
-    """(found, reason when not, transport failure?) for one probe GET."""
+    """(found, reason when not, transport failure?) for one probe GET, over by ``until``
+    however slowly IMDS (or whatever answers there) trickles its answer."""
     import urllib3
 
-    left = until - time.monotonic()
-    if left <= 0:
+    from .wire._imds import get_within
+
+    if until - time.monotonic() <= 0:
         return False, f"{label} not probed: the timeout was spent", True
-    http = urllib3.PoolManager(retries=False, num_pools=1)
     try:
-        resp = http.request(
-            "GET", base + path, headers={"x-ms-client-request-id": str(uuid.uuid4())},
-            timeout=urllib3.Timeout(total=left), redirect=False,
-        )
+        status = get_within(base + path, {"x-ms-client-request-id": str(uuid.uuid4())}, until)
+    except TimeoutError:
+        return False, f"{label} probe: IMDS at {base} did not answer in time (timed out)", True
     except urllib3.exceptions.HTTPError as exc:
         # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
@@ -68,21 +68,22 @@ def _ask(base: str, path: str, label: str, until: float) -> tuple[bool, str | No
             why = "connection failed"
         return False, f"{label} probe: IMDS at {base} unreachable ({why}: " \
                       f"{type(exc).__name__})", True
-    finally:
-        http.clear()
-    if resp.status == 400:
+    if status == 400:
         return True, None, False
-    return False, f"{label} probe: HTTP {resp.status} (a host serving it answers 400)", False
+    return False, f"{label} probe: HTTP {status} (a host serving it answers 400)", False
 
 
 def probe(imds_endpoint: str | None = None, timeout: float = 2.0) -> ProbeResult:
     """Find this host's managed identity source within ``timeout`` seconds (no retries).
 
     ``imds_endpoint`` defaults to ``$AZURE_POD_IDENTITY_AUTHORITY_HOST``, then
-    ``http://169.254.169.254``.
+    ``http://169.254.169.254``. ``timeout`` must be a finite number of seconds > 0
+    (ValueError otherwise).
     """
+    from ._timeouts import check_seconds
     from .wire._imds import imds_base_from_env
 
+    check_seconds("timeout", timeout)
     base = (imds_endpoint or imds_base_from_env()).rstrip("/")
     started = time.monotonic()
     until = started + timeout

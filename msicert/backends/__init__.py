@@ -31,6 +31,9 @@ def default_store(store_dir: str | None = None, location: str | None = None) -> 
     """File store on POSIX (or wherever ``store_dir`` is given); on Windows the certificate
     store, ``location`` ``"current-user"`` (default) or ``"local-machine"``.
     ``$MSICERT_STORE_DIR`` stands in for ``store_dir`` when neither is given."""
+    if store_dir is not None and not store_dir.strip():
+        raise ValueError("store_dir is empty: give a directory, or leave it out for the default "
+                         f"store (${ENV_STORE_DIR}, else ~/.config/msal/certs)")
     if store_dir is None and location is None:
         store_dir = os.environ.get(ENV_STORE_DIR) or None  # e.g. the emulator's own store
     if location is not None and store_dir is not None:

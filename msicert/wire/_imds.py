@@ -31,6 +31,7 @@ __all__ = [
     "IssuedCredential",
     "PlatformMetadata",
     "RetryPolicy",
+    "get_within",
     "is_attestation_refusal",
     "parse_issued_credential",
     "parse_platform_metadata",
@@ -599,6 +600,37 @@ def request_headers(correlation_id: str, *, with_body: bool) -> dict[str, str]:
     if with_body:  # StringContent(body, Encoding.UTF8, "application/json") on the wire
         headers["Content-Type"] = "application/json; charset=utf-8"
     return headers
+
+
+def get_within(url: str, headers: Mapping[str, str], until: float) -> int:
+    """The status of one GET of ``url`` answered by ``until`` (``time.monotonic()``), body
+    read (at most 1 MiB) and dropped. TimeoutError when the deadline passes first, however
+    slowly the server trickles its head or body; urllib3's errors for other failures."""
+    import urllib3
+
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no time left")
+    http = _watched_pool_manager()
+    _watch.deadline = until
+    try:
+        resp = http.request("GET", url, headers=dict(headers), redirect=False,
+                            timeout=urllib3.Timeout(connect=left, read=left),
+                            preload_content=False)
+        try:
+            body = _read_capped(resp, until)
+        finally:
+            resp.release_conn()
+    except urllib3.exceptions.HTTPError:
+        if time.monotonic() >= until:
+            raise TimeoutError("the deadline passed") from None
+        raise
+    finally:
+        _watch.deadline = None
+        http.clear()
+    if body is None:
+        raise TimeoutError("the answer was still arriving at the deadline")
+    return resp.status
 
 
 class _WatchState(threading.local):

@@ -120,7 +120,13 @@ def default_directory() -> str:
         log.warning("ignoring XDG_CONFIG_HOME=%r: not an absolute path (the XDG Base Directory "
                     "spec says to ignore it); using ~/.config", base)
         base = None
-    base = base or os.path.join(os.path.expanduser("~"), ".config")
+    if not base:
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            raise StoreError(f"cannot place the default store: the home directory {home!r} "
+                             "(HOME) is not an absolute path; set HOME, or give store_dir= "
+                             "(--store-dir, $MSICERT_STORE_DIR)")
+        base = os.path.join(home, ".config")
     return os.path.join(base, "msal", "certs")
 
 
