@@ -125,6 +125,7 @@ class MintGate:
         self.error: BaseException | None = None
         self._adopted_error: BaseException | None = None  # another process's window
         self._adopted_since = self._adopted_until = 0.0
+        self._adopted_kind = ""
 
     def window(self, now: float, marker: bytes | None = None
                ) -> tuple[BaseException, float] | None:
@@ -137,11 +138,12 @@ class MintGate:
                     (self._adopted_error, self._adopted_since, self._adopted_until)):
                 if error is not None and since <= now < until:
                     return error, until  # a clock that jumped back before ``since`` ends it
-        error, since, until = _read_marker(marker, now)
+        error, since, until, kind = _read_marker(marker, now)
         if error is None or not since <= now < until:
             return None
         with self.lock:
             self._adopted_error, self._adopted_since, self._adopted_until = error, since, until
+            self._adopted_kind = kind
         return error, until
 
     def active(self, now: float, marker: bytes | None = None) -> bool:
@@ -193,15 +195,25 @@ class MintGate:
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     def succeeded(self, kind: str) -> bool:
-        """A mint (``"mint"``) or a token (``"token"``) worked: close a window it disproves.
-        True when a window was closed (the caller then removes the marker)."""
+        """A mint (``"mint"``) or a token (``"token"``) worked: close the window it disproves
+        (a mint disproves a failed mint, a token a refused certificate). True when a window
+        was closed (the caller then removes the marker)."""
+        disproves = {"mint": "mint", "token": "rejected"}[kind]
         with self.lock:
-            adopted, self._adopted_error = self._adopted_error, None
-            if self.error is None or (kind == "mint" and self.kind != "mint"):
-                return adopted is not None
+            adopted = self._adopted_error is not None and self._adopted_kind == disproves
+            if adopted:
+                self._adopted_error = None
+            if self.error is None or self.kind != disproves:
+                return adopted
             self.failures, self.until, self.kind, self.rejected = 0, 0.0, "", ""
             self.error = None
             return True
+
+    def clear(self) -> None:
+        """Close every window (an explicit purge starts afresh)."""
+        with self.lock:
+            self.failures, self.until, self.kind, self.rejected = 0, 0.0, "", ""
+            self.error = self._adopted_error = None
 
     def reset_after_fork(self) -> None:
         """In a child process: a lock a parent thread held stays free."""
@@ -209,10 +221,10 @@ class MintGate:
 
 
 def _read_marker(data: bytes | None, now: float
-                 ) -> tuple[BaseException | None, float, float]:
-    """(error, since, until) from another process's marker; (None, 0, 0) for none, or one
+                 ) -> tuple[BaseException | None, float, float, str]:
+    """(error, since, until, kind) from another process's marker; no error for none, or one
     that does not parse (a marker is advice: it can never cost a certificate)."""
-    none = (None, 0.0, 0.0)
+    none: tuple[BaseException | None, float, float, str] = (None, 0.0, 0.0, "")
     if not data or len(data) > _MAX_MARKER:
         return none
     try:
@@ -226,7 +238,8 @@ def _read_marker(data: bytes | None, now: float
             and _finite(since) and _finite(until)):
         return none
     until = min(float(until), float(since) + MARKER_MAX_SECONDS)
-    return _from_record(doc.get("error")), float(since), until
+    kind = doc.get("kind") if doc.get("kind") in ("mint", "rejected") else "mint"
+    return _from_record(doc.get("error")), float(since), until, str(kind)
 
 
 def _finite(value: Any) -> bool:

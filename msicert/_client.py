@@ -738,7 +738,7 @@ class ManagedIdentityClient:
         return how many entries went."""
         self.forget()
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
-            self._gate.succeeded("token")
+            self._gate.clear()
             return self._store.purge(self.identity)
 
     # --- bring your own HTTP client, lifecycle ---------------------------------------------

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from . import _correlation
 from ._backoff import Backoff
-from ._errors import StoreError, TokenError
+from ._errors import MsiCertError, StoreError, TokenError
 from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
@@ -219,26 +219,33 @@ class TokenManager:
         """
         if claims:
             return self._acquire_with_claims(resource, claims)
-        cert = self._client.get_certificate()
         key = self._scopes.get(resource) or self._scope(resource)
         slot = self._slots.get(key)  # lock-free hit path: a dict read is atomic
         hit = None if slot is None else slot.cached
-        if hit is not None and slot is not None and hit.x5t_s256 == cert.x5t_s256:
-            now = self._clock()
-            if now < hit.refresh_on:
-                return hit.view
-            if now < hit.serve_until:
-                return self._refresh(self._slot(key), key, resource, hit)
-        slot = self._slot(key)
-        with slot.lock:
-            hit = slot.cached
+        if hit is not None and slot is not None:
             cert = self._client.get_certificate()
-            if (hit is not None and hit.x5t_s256 == cert.x5t_s256
-                    and self._clock() < hit.refresh_on):
-                return hit.view
-            return self._fetch(slot, key, resource, None)
+            if hit.x5t_s256 == cert.x5t_s256:
+                now = self._clock()
+                if now < hit.refresh_on:
+                    return hit.view
+                if now < hit.serve_until:
+                    return self._refresh(self._slot(key), key, resource, hit)
+        # A miss is one operation: a mint it needs and the token request share one id.
+        with _correlation.operation():
+            slot = self._slot(key)
+            with slot.lock:
+                hit = slot.cached
+                cert = self._client.get_certificate()
+                if (hit is not None and hit.x5t_s256 == cert.x5t_s256
+                        and self._clock() < hit.refresh_on):
+                    return hit.view
+                return self._fetch(slot, key, resource, None)
 
     def _acquire_with_claims(self, resource: str, claims: str) -> AccessToken:
+        with _correlation.operation():
+            return self._claims_fetch(resource, claims)
+
+    def _claims_fetch(self, resource: str, claims: str) -> AccessToken:
         key = self._scopes.get(resource) or self._scope(resource)
         slot = self._slot(key)
         started = time.monotonic()
@@ -389,20 +396,26 @@ class TokenManager:
         self, cert: BindingCertificate, exc: EstsRejected, rounds: int, deadline: float,
         timeout: float,
     ) -> BindingCertificate:
-        """One remediation round: wait (after the first), then a fresh certificate."""
+        """One remediation round: wait (after the first), then a fresh certificate. Past
+        the deadline (before the pause, or during the mint), a TokenError that names the
+        refusal and the rounds made."""
+
+        def exhausted(done: int) -> TokenError:
+            error = TokenError(
+                f"ESTS kept answering invalid_client ({exc.aadsts}) for the binding "
+                f"certificate: {done} remediation round(s), each with a new certificate "
+                f"(bypass_cache=true), within remediation_timeout ({timeout:g} s); a "
+                "TLS-inspecting proxy, or a revoked identity?",
+                error=exc.error, error_description=exc.error_description,
+                correlation_id=exc.correlation_id, status=exc.status)
+            self._client._certificate_refused(cert, error)
+            return error
+
         left = deadline - time.monotonic()
         if rounds > 1:
             pause = min(_REMEDIATION_BACKOFF.delay(rounds - 1), max(0.0, left))
             if left <= 0 or pause >= left:
-                error = TokenError(
-                    f"ESTS kept answering invalid_client ({exc.aadsts}) for the binding "
-                    f"certificate: {rounds - 1} remediation round(s), each with a new "
-                    f"certificate (bypass_cache=true), within remediation_timeout "
-                    f"({timeout:g} s); a TLS-inspecting proxy, or a revoked identity?",
-                    error=exc.error, error_description=exc.error_description,
-                    correlation_id=exc.correlation_id, status=exc.status)
-                self._client._certificate_refused(cert, error)
-                raise error from exc
+                raise exhausted(rounds - 1) from exc
             log.info("ESTS refused the new certificate %s too (%s); round %d in %.1f s",
                      cert.x5t_s256, exc.aadsts, rounds, pause, extra={"wait": True})
             self._sleep(pause)
@@ -411,9 +424,14 @@ class TokenManager:
                         "one (correlation_id=%s)", exc.aadsts, cert.x5t_s256,
                         exc.correlation_id)
         rejected = cert.x5t_s256
-        new = self._client._replace(
-            rejected, why=f"ESTS answered invalid_client ({exc.aadsts})", deadline=deadline,
-            gated=rounds == 1)
+        try:
+            new = self._client._replace(
+                rejected, why=f"ESTS answered invalid_client ({exc.aadsts})",
+                deadline=deadline, gated=rounds == 1)
+        except MsiCertError as failure:
+            if rounds > 1 and time.monotonic() >= deadline:
+                raise exhausted(rounds - 1) from failure  # the deadline ran out in the mint
+            raise
         self._evict(rejected)
         return new
 

@@ -40,9 +40,12 @@ def _emulator_session():
 @pytest.fixture
 def emu(_emulator_session, monkeypatch):
     """The session's emulator, reset, with the environment pointing at it."""
+    from msicert.emulator._ca import ISSUER_CN
+
     e = _emulator_session
     e.reset()
     e.lifetime, e.backdate, e.token_lifetime = 3600.0, 60.0, 3600.0
+    e.issuer_cn = ISSUER_CN  # the Azure public cloud's issuer name
     for k, v in e.env().items():
         if k != "MSICERT_STORE_DIR":  # tests pick their store (store_dir fixture, or HOME)
             monkeypatch.setenv(k, v)

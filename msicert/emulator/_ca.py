@@ -21,6 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "ISSUER_CN",
+    "ISSUER_CNS",
+    "SOVEREIGN_ISSUER_CN",
+    "trusted_issuers_pem",
     "IssuingCa",
     "ServerTls",
     "issue",
@@ -31,6 +34,9 @@ __all__ = [
 ]
 
 ISSUER_CN = "managedidentitysnissuer.login.microsoft.com"
+SOVEREIGN_ISSUER_CN = "managedidentitysnissuer.login.microsoftonline.us"
+"""An issuer name a sovereign cloud might use: the name msicert looks for is not in it."""
+ISSUER_CNS = (ISSUER_CN, SOVEREIGN_ISSUER_CN)
 _SERVER_CA_CN = "msicert emulator ESTS test CA"
 _LOOPBACK_SANS = ("127.0.0.1", "::1", "localhost")
 
@@ -96,17 +102,25 @@ def _ca_certificate(
     )
 
 
-def issuing_ca() -> IssuingCa:
-    """The process-wide issuing CA (created on first use)."""
+def issuing_ca(cn: str = ISSUER_CN) -> IssuingCa:
+    """The process-wide issuing CA named ``cn`` (one of :data:`ISSUER_CNS`; created on first
+    use)."""
+    if cn not in ISSUER_CNS:
+        raise ValueError(f"unknown issuer {cn!r}; expected one of {', '.join(ISSUER_CNS)}")
     with _lock:
-        cached = _cache.get("issuer")
+        cached = _cache.get("issuer:" + cn)
         if isinstance(cached, IssuingCa):
             return cached
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        certificate = _ca_certificate(key, _cn(ISSUER_CN))
+        certificate = _ca_certificate(key, _cn(cn))
         ca = IssuingCa(key, certificate, certificate.public_bytes(serialization.Encoding.PEM))
-        _cache["issuer"] = ca
+        _cache["issuer:" + cn] = ca
         return ca
+
+
+def trusted_issuers_pem() -> str:
+    """Every issuing CA, PEM: what ESTS trusts for client certificates."""
+    return "".join(issuing_ca(cn).pem.decode("ascii") for cn in ISSUER_CNS)
 
 
 def other_key() -> rsa.RSAPrivateKey:

@@ -62,7 +62,7 @@ def server_context(tls: _ca.ServerTls, chain_file: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(chain_file)
     context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=_ca.issuing_ca().pem.decode("ascii"))
+    context.load_verify_locations(cadata=_ca.trusted_issuers_pem())
     return context
 
 
@@ -83,7 +83,7 @@ def _fault_context(kind: str, host: str) -> ssl.SSLContext:
             anchor = tls.ca_pem  # the server CA: it never issued a client certificate
         else:
             tls = _ca.fault_server_tls(host, trusted=kind == "wrong_server_name")
-            anchor = _ca.issuing_ca().pem
+            anchor = _ca.trusted_issuers_pem().encode("ascii")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         with tempfile.TemporaryDirectory(prefix="msicert-emu-") as tmp:
@@ -161,10 +161,18 @@ def handshake_failure_hook(state: State) -> HandshakeFailureHook:
     return hook
 
 
+def _issued_by_us(peer: x509.Certificate) -> bool:
+    for cn in _ca.ISSUER_CNS:
+        try:
+            peer.verify_directly_issued_by(_ca.issuing_ca(cn).certificate)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return False
+
+
 def _peer_problem(peer: x509.Certificate) -> str | None:
-    try:
-        peer.verify_directly_issued_by(_ca.issuing_ca().certificate)
-    except (ValueError, TypeError, InvalidSignature):
+    if not _issued_by_us(peer):
         return "client certificate was not issued by the emulator's issuing CA"
     now = dt.datetime.now(dt.timezone.utc)
     if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:

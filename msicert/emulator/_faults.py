@@ -21,6 +21,7 @@ _KIND_ENDPOINTS: dict[str, frozenset[str]] = {
     "wrong_key": frozenset({"issuecredential"}),
     "expired": frozenset({"issuecredential"}),
     "not_yet_valid": frozenset({"issuecredential"}),
+    "wrapped_certificate": frozenset({"issuecredential"}),
     "invalid_client": frozenset({"token"}),
     "reject_handshake": frozenset(ESTS_ENDPOINTS),
     "wrong_token_type": frozenset({"token"}),
@@ -57,7 +58,9 @@ class Fault:
     ``status`` says otherwise. ``kind`` names a contract-level misbehaviour:
     ``no_server_header``, ``malformed_json``, ``missing_field:<name>``, ``wrong_key``,
     ``expired``, ``not_yet_valid``, ``invalid_client``, ``reject_handshake``,
-    ``wrong_token_type``, ``expires_in_string`` or ``claims_challenge`` (resource: 401 with
+    ``wrapped_certificate`` (the certificate's base64 broken into CRLF-separated lines, as
+    .NET's and Go's decoders accept), ``wrong_token_type``, ``expires_in_string`` or
+    ``claims_challenge`` (resource: 401 with
     ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``; every
     token minted before it is challenged from then on, so only a token requested after the
     challenge is accepted, as with a continuous access evaluation event).

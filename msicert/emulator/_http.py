@@ -95,6 +95,10 @@ def apply_fault(reply: Reply, fault: Fault) -> None:
         reply.body = whole[: max(1, len(whole) // 2)]  # any proper prefix of an object is invalid
     elif fault.kind.startswith(MISSING_FIELD) and succeeded and reply.payload is not None:
         reply.payload.pop(fault.kind[len(MISSING_FIELD) :], None)
+    elif fault.kind == "wrapped_certificate" and succeeded and reply.payload is not None:
+        text = str(reply.payload.get("certificate", ""))
+        reply.payload["certificate"] = "\r\n".join(text[i : i + 64]
+                                                    for i in range(0, len(text), 64))
     if fault.kind and fault.status is not None:
         reply.status = fault.status
     if fault.kind and fault.body is not None:

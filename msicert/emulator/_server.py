@@ -91,6 +91,18 @@ class Emulator:
         self._state.lifetime = value
 
     @property
+    def issuer_cn(self) -> str:
+        """The name binding certificates are issued under: ``ISSUER_CN`` (Azure public), or
+        ``SOVEREIGN_ISSUER_CN``, a name that lacks the fragment msicert looks for by default."""
+        return self._state.issuer_cn
+
+    @issuer_cn.setter
+    def issuer_cn(self, value: str) -> None:
+        if value not in _ca.ISSUER_CNS:
+            raise ValueError(f"issuer_cn must be one of {', '.join(_ca.ISSUER_CNS)}")
+        self._state.issuer_cn = value
+
+    @property
     def backdate(self) -> float:
         """How far NotBefore lies before the moment of issue, in seconds. A negative value
         puts NotBefore in the future (an IMDS clock ahead of this host's), at most a day."""

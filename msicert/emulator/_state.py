@@ -60,6 +60,7 @@ class State:
         # Act as a host whose IMDS issues only to attested KeyGuard keys: issuecredential
         # without an attestation_token is refused (cross-SDK standard: no software keys yet).
         self.require_attestation = False
+        self.issuer_cn = _ca.ISSUER_CN  # the issuing CA's name (a sovereign cloud uses another)
         self.ests_url = ""
         self.faults = FaultQueues()
         self.stopping = threading.Event()
@@ -164,7 +165,7 @@ class State:
         if kind == "wrong_key":
             public_key = _ca.other_key().public_key()
         certificate = _ca.issue(
-            _ca.issuing_ca(),
+            _ca.issuing_ca(self.issuer_cn),
             public_key,
             subject,
             dt.datetime.fromtimestamp(not_before, dt.timezone.utc),
