@@ -23,13 +23,13 @@ __all__ = [
     "ISSUER_CN",
     "ISSUER_CNS",
     "SOVEREIGN_ISSUER_CN",
-    "trusted_issuers_pem",
     "IssuingCa",
     "ServerTls",
     "issue",
     "issuing_ca",
     "other_key",
     "server_tls",
+    "trusted_issuers_pem",
     "x5t_s256",
 ]
 
