@@ -3,9 +3,10 @@
 ``GET stats`` → ``{"counts", "violations", "issued"}``; ``GET requests`` → the request log
 (oldest first; ``Authorization`` redacted, bodies left out); ``POST faults`` queues a fault;
 ``POST reset`` clears counts, requests, violations and faults; ``POST config`` changes
-``lifetime``, ``backdate`` and ``token_lifetime`` (seconds) and ``require_attestation``
+``lifetime``, ``backdate`` and ``token_lifetime`` (seconds), ``require_attestation``
 (boolean: issuecredential refuses a request without ``attestation_token``, as IMDS does on
-hosts that issue only to attested KeyGuard keys) and answers the current values.
+hosts that issue only to attested KeyGuard keys) and ``issuer_cn`` (the issuing CA's name:
+the public cloud's or a sovereign-looking one) and answers the current values.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._faults import Fault
 from ._http import Reply, invalid_request
+from ._ca import ISSUER_CNS
 from ._state import MAX_AHEAD, MAX_LIFETIME
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ __all__ = ["PREFIX", "fault_from_json", "handle"]
 PREFIX = "/__emulator__/"
 _CONFIG_FIELDS = ("lifetime", "backdate", "token_lifetime")
 _CONFIG_FLAGS = ("require_attestation",)
+_CONFIG_NAMES = ("issuer_cn",)  # one of _ca.ISSUER_CNS
 _FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body",
                            "error_codes"})
 
@@ -76,9 +79,9 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
     return endpoint, fault
 
 
-def _config(handler: Handler, document: Any) -> dict[str, float | bool]:
+def _config(handler: Handler, document: Any) -> dict[str, float | bool | str]:
     state = handler.server.state
-    known = _CONFIG_FIELDS + _CONFIG_FLAGS
+    known = _CONFIG_FIELDS + _CONFIG_FLAGS + _CONFIG_NAMES
     if not isinstance(document, dict) or set(document) - set(known):
         raise ValueError(f"body must be a JSON object with only {', '.join(known)}")
     values = {name: _number(document[name], name) for name in _CONFIG_FIELDS if name in document}
@@ -92,10 +95,15 @@ def _config(handler: Handler, document: Any) -> dict[str, float | bool]:
     flags = {name: document[name] for name in _CONFIG_FLAGS if name in document}
     if any(not isinstance(value, bool) for value in flags.values()):
         raise ValueError(f"{', '.join(_CONFIG_FLAGS)} must be true or false")
-    for name, value in {**values, **flags}.items():
+    names = {name: document[name] for name in _CONFIG_NAMES if name in document}
+    if any(value not in ISSUER_CNS for value in names.values()):
+        raise ValueError(f"issuer_cn must be one of {', '.join(ISSUER_CNS)}")
+    for name, value in {**values, **flags, **names}.items():
         setattr(state, name, value)
-    answer: dict[str, float | bool] = {name: float(getattr(state, name)) for name in _CONFIG_FIELDS}
+    answer: dict[str, float | bool | str] = {
+        name: float(getattr(state, name)) for name in _CONFIG_FIELDS}
     answer.update({name: bool(getattr(state, name)) for name in _CONFIG_FLAGS})
+    answer.update({name: str(getattr(state, name)) for name in _CONFIG_NAMES})
     return answer
 
 

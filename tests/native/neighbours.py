@@ -48,8 +48,9 @@ def issue_count() -> int:
 
 
 @contextlib.contextmanager
-def emulator_config(**values: float) -> Iterator[None]:
-    """Certificate lifetime/backdate for the body of the ``with``, then back as they were."""
+def emulator_config(**values: float | str) -> Iterator[None]:
+    """Certificate lifetime/backdate/issuer for the body of the ``with``, then back as they
+    were."""
     before = control("POST", "config", {})
     control("POST", "config", values)
     try:

@@ -347,6 +347,29 @@ def test_renewal_keeps_valid_and_foreign_entries_and_prunes_only_expired_of_its_
 # --- the binding key -------------------------------------------------------------------------
 
 
+SOVEREIGN = "managedidentitysnissuer.login.microsoftonline.us"
+
+
+def test_a_certificate_issued_under_another_issuer_name_is_stored_and_found_again(
+        make_client: Any) -> None:
+    """What IMDS issues under a name without the public cloud's fragment (a sovereign cloud)
+    is accepted and stored; msicert's tag marks the entry as its own, so the next lookup takes
+    it with zero IMDS calls. An explicit issuer= stays strict."""
+    from msicert import ImdsResponseError
+
+    with emulator_config(issuer_cn=SOVEREIGN):
+        first = make_client().get_certificate()
+        assert SOVEREIGN in first.issuer and first.source == "imds"
+        before = issue_count()
+        again = make_client().get_certificate()
+        assert again.x5t_s256 == first.x5t_s256 and again.source in ("store", "memory")
+        assert issue_count() == before
+        strict = make_client(issuer=ISSUER_FRAGMENT)
+        with pytest.raises(ImdsResponseError, match="issuer is"):
+            strict.get_certificate()
+        assert make_client().get_certificate().x5t_s256 == first.x5t_s256  # kept
+
+
 def test_mint_binds_its_entry_to_the_shared_key_named_as_the_reference_names_it(
         make_client: Any) -> None:
     import msicert_native as native

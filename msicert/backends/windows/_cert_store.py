@@ -126,7 +126,8 @@ class WindowsStore:
         self.machine = location == "local-machine"
         self.description = _LOCATIONS[location]
         self.directory: str | None = None  # not a directory: ``status --all`` lists files only
-        self._issuers: dict[str, str] = {}  # identity alias -> issuer CN last asked for
+        # identity alias -> the issuer expectation find/put were last given (None: recorded)
+        self._issuers: dict[str, str | None] = {}
 
     # --- helpers -------------------------------------------------------------------------------
     def _open(self) -> CertStore:
@@ -137,13 +138,18 @@ class WindowsStore:
         except msicert_native.NativeError as exc:
             raise StoreError(f"cannot open {self.description}: {exc}") from exc
 
-    def _issuer(self, identity: Identity, issuer_cn: str | None = None) -> str:
-        """The issuer CN to judge ``identity``'s entries by (remembered from find/put)."""
-        if issuer_cn is not None:
-            self._issuers[identity.alias] = issuer_cn
-            return issuer_cn
-        return (self._issuers.get(identity.alias) or os.environ.get(_ENV_ISSUER)
-                or _policy.DEFAULT_ISSUER_CN)
+    def _expect(self, identity: Identity, issuer_cn: str | None) -> str | None:
+        """find/put: remember what the caller expects of ``identity``'s issuer (None: the one
+        each entry msicert wrote was issued under; see :meth:`_judge`)."""
+        self._issuers[identity.alias] = issuer_cn
+        return issuer_cn
+
+    def _issuer(self, identity: Identity) -> str | None:
+        """remove/purge/prune: the expectation find/put were last given (else the
+        environment's)."""
+        if identity.alias in self._issuers:
+            return self._issuers[identity.alias]
+        return os.environ.get(_ENV_ISSUER) or None
 
     def attested(self) -> bool:
         """The ``#att`` variant this store's clients read and write: True when a mint would be
@@ -160,7 +166,7 @@ class WindowsStore:
 
         return msicert_native.constants.NCRYPT_MACHINE_KEY_FLAG if self.machine else 0
 
-    def _scan(self, store: CertStore, identity: Identity, issuer_cn: str, *,
+    def _scan(self, store: CertStore, identity: Identity, issuer_cn: str | None, *,
               attested: bool | None) -> list[_Slot]:
         """Every entry whose tag names ``identity`` in variant ``attested`` (None: any),
         judged; collected first (never delete while enumerating). The caller closes
@@ -183,9 +189,14 @@ class WindowsStore:
                                             keep=exc.keep)
         return slots
 
-    def _judge(self, slot: _Slot, identity: Identity, issuer_cn: str) -> None:
+    def _judge(self, slot: _Slot, identity: Identity, issuer_cn: str | None) -> None:
+        """Fill ``slot`` in, or CorruptEntry. Without an expected issuer, an entry msicert
+        wrote carries the issuer IMDS issued it under (any name: a sovereign cloud's too);
+        another library's entry must carry the default issuer name (MSAL.NET's rule)."""
         import msicert_native
 
+        if issuer_cn is None and not _written_by_msicert(slot.fields, slot.how):
+            issuer_cn = _policy.DEFAULT_ISSUER_CN
         try:
             cert = slot.cert = x509.load_der_x509_certificate(slot.ref.der)
         except ValueError:
@@ -227,7 +238,7 @@ class WindowsStore:
 
         Entries whose subject names another identity are skipped, not reported.
         """
-        issuer_cn = self._issuer(identity, issuer_cn)
+        issuer_cn = self._expect(identity, issuer_cn)
         attested = self.attested()
         with self._open() as store:
             slots = self._scan(store, identity, issuer_cn, attested=attested)
@@ -283,7 +294,7 @@ class WindowsStore:
         """
         import msicert_native as native
 
-        issuer_cn = self._issuer(identity, issuer_cn)
+        issuer_cn = self._expect(identity, issuer_cn)
         key = entry.key
         if not key.name:
             raise StoreError(f"the Windows store needs a CNG key for the certificate, not a "
@@ -367,7 +378,7 @@ class WindowsStore:
         _probed[kept.x5t_s256] = True
         return kept
 
-    def _newer_stored(self, store: CertStore, identity: Identity, issuer_cn: str,
+    def _newer_stored(self, store: CertStore, identity: Identity, issuer_cn: str | None,
                       alias: str, cert: x509.Certificate) -> bool:
         """The reference's skip: the store already holds, under exactly ``alias``, a valid
         certificate expiring no earlier. Unlike the reference, only an entry msicert would
@@ -386,7 +397,8 @@ class WindowsStore:
             for s in slots:
                 s.ref.close()
 
-    def _prune_legacy(self, store: CertStore, identity: Identity, issuer_cn: str) -> int:
+    def _prune_legacy(self, store: CertStore, identity: Identity, issuer_cn: str | None
+                      ) -> int:
         """Delete this identity's expired entries in msicert's tag from before the reference
         grammar (``alias=system`` ...), with their ``msicert-*`` keys: no other library reads
         that tag, and left alone they (and their keys) would stay forever."""
@@ -526,7 +538,8 @@ class WindowsStore:
         issuer_cn = self._issuer(identity)
         key = binding_key(identity.alias, machine=self.machine,
                           hold=lambda: lock.hold(KEY_LOCK_WAIT),
-                          purge=lambda container: self.purge_bound_to(container, issuer_cn))
+                          purge=lambda container: self.purge_bound_to(
+                              container, issuer_cn or _policy.DEFAULT_ISSUER_CN))
         if key.kind != KIND_KEYGUARD:
             log.info("KeyGuard unavailable; the binding key is the non-exportable "
                      "software-KSP key %s", key.name)
@@ -557,3 +570,9 @@ class WindowsStore:
                 return kept.ref.duplicate()
             raise StaleCertificate(f"certificate {x5t} is no longer in {self.description}")
         return found
+
+
+def _written_by_msicert(fields: dict[str, str], how: str) -> bool:
+    """True for a tag msicert wrote: its own older grammar, or the reference grammar with
+    msicert's extra pairs (``sel``, ``key``), which no other library writes."""
+    return how == "legacy" or ("sel" in fields and "key" in fields)
