@@ -278,7 +278,17 @@ class ManagedIdentityClient:
         self._sleep = sleep
         self._token_manager: TokenManager | None = None
         self._token_manager_lock = threading.Lock()  # one manager (one token cache) per client
-        self._gate: MintGate = gate_for(f"{self._store.description}\0{self.identity.alias}")
+        self._gate_cache: MintGate | None = None
+
+    @property
+    def _gate(self) -> MintGate:
+        """The identity's back-off, shared by every client of it in this process (looked up
+        on first use: a store hit never needs it)."""
+        gate = self._gate_cache
+        if gate is None:
+            gate = self._gate_cache = gate_for(
+                f"{self._store.description}\0{self.identity.alias}")
+        return gate
 
     @property
     def store(self) -> Store:
