@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .backends.contract import Store
 
 __all__ = ["STRENGTHS", "Capabilities", "MinStrengthNotMet", "capabilities",
-           "check_min_strength", "key_strength"]
+           "below_floor", "check_min_strength", "key_strength"]
 
 STRENGTHS = ("none", "bearer", "software", "keyguard")
 """Binding strengths, weakest first."""
@@ -35,6 +35,14 @@ STRENGTHS = ("none", "bearer", "software", "keyguard")
 
 def _rank(strength: str) -> int:
     return STRENGTHS.index(strength)
+
+
+def below_floor(key_kind: str, floor: str | None) -> bool:
+    """True when a certificate whose key is ``key_kind`` (``keyguard``, ``software-ksp``,
+    ``file``) binds less strongly than ``floor`` (None: no floor)."""
+    if floor is None:
+        return False
+    return _rank("keyguard" if key_kind == "keyguard" else "software") < _rank(floor)
 
 
 class MinStrengthNotMet(MsiCertError):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _correlation, _fork, _policy
 from ._backoff import DEFAULT_BACKOFF, Backoff, MintGate, gate_for
-from ._capabilities import check_min_strength
+from ._capabilities import MinStrengthNotMet, below_floor, check_min_strength
 from ._errors import (
     AttestationRequiredError,
     ImdsError,
@@ -363,6 +363,10 @@ class ManagedIdentityClient:
         if entry is None:
             log.debug("no stored certificate for %s", self.identity.alias)
             return None
+        if below_floor(entry.key, self.min_strength):
+            log.info("stored certificate %s has a %s key, below min_strength %s; a new one "
+                     "will be minted", entry.x5t_s256, entry.key, self.min_strength)
+            return None
         st = entry.state(now)
         if st in _USABLE:
             log.debug("using stored certificate %s for %s", entry.x5t_s256, self.identity.alias)
@@ -386,8 +390,8 @@ class ManagedIdentityClient:
                             exc.reason)
                 self._store.remove(self.identity)
             return None
-        if entry is None:
-            return None
+        if entry is None or below_floor(entry.key, self.min_strength):
+            return None  # a weaker key than the floor is never used (nor deleted)
         st = entry.state(now)
         if st in _USABLE:
             return entry
@@ -598,6 +602,11 @@ class ManagedIdentityClient:
         try:
             meta = imds.get_platform_metadata(self.identity, deadline=until, correlation_id=cid)
             key = self._store.generate_key(self.identity)
+            if below_floor(key.kind, self.min_strength):
+                key.discard()
+                raise MinStrengthNotMet(
+                    "keyguard" if key.kind == "keyguard" else "software",
+                    str(self.min_strength), f"the store made a {key.kind} key")
             try:
                 minted, probe = self._issue(imds, meta, key, until, bypass_cache, cid)
                 stored = self._store.put(self.identity, minted, issuer_cn=self.issuer_cn)

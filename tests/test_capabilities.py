@@ -12,6 +12,7 @@ import msicert
 from msicert import ManagedIdentityClient, MinStrengthNotMet
 from msicert import _capabilities as caps_module
 from msicert._capabilities import key_strength
+from msicert.backends.posix._file_store import FileStore
 from tests.conftest import run_cli
 from tests.test_cli_conventions import DEAD, v1_host  # noqa: F401 - a fixture
 
@@ -132,3 +133,63 @@ def test_keyguard_host_strength_comes_from_the_key_it_can_make_fake_keyguard_pro
     assert strength == "software" and "software-ksp" in why and software.discarded == 1
     with pytest.raises(MinStrengthNotMet, match="'software'"):
         ManagedIdentityClient(store=software, min_strength="keyguard")
+
+
+class _KeyGuardLikeStore:
+    """A certificate store without a directory (as the Windows one) over the file store, whose
+    keys report the kind a KeyGuard provider would make (``self.kind``): VBS hardware cannot
+    run here, so the kind is the fake part. Entries read back carry the kind their key was
+    made with, as the Windows store's tag records it."""
+
+    directory = None
+
+    def __init__(self, directory: str, kind: str) -> None:
+        self._files = FileStore(directory)
+        self.description = f"CurrentUser\\My (fake KeyGuard provider over {directory})"
+        self.kind = kind
+        self.kinds: dict[str, str] = {}
+        for name in ("remove", "purge", "lock", "read_note", "write_note", "transport"):
+            setattr(self, name, getattr(self._files, name))
+
+    def generate_key(self, identity):
+        import dataclasses
+
+        return dataclasses.replace(self._files.generate_key(identity), kind=self.kind)
+
+    def put(self, identity, entry, *, issuer_cn):
+        stored = self._files.put(identity, entry, issuer_cn=issuer_cn)
+        self.kinds[stored.x5t_s256] = entry.key.kind
+        return stored.replace(key=entry.key.kind)
+
+    def find(self, identity, *, issuer_cn):
+        found = self._files.find(identity, issuer_cn=issuer_cn)
+        if found is None:
+            return None
+        return found.replace(key=self.kinds.get(found.x5t_s256, "file"))
+
+
+def test_a_keyguard_floor_never_uses_a_stored_software_certificate_fake_keyguard_provider(
+        emu, store_dir):
+    software = ManagedIdentityClient(store_dir=store_dir, imds_endpoint=emu.imds_url)
+    weak = software.get_certificate()
+    assert weak.key == "file"
+    store = _KeyGuardLikeStore(store_dir, "keyguard")
+    client = ManagedIdentityClient(store=store, imds_endpoint=emu.imds_url,
+                                   min_strength="keyguard")
+    strong = client.get_certificate()
+    assert strong.key == "keyguard" and strong.source == "imds"
+    assert strong.x5t_s256 != weak.x5t_s256 and emu.count("issuecredential") == 2
+    again = ManagedIdentityClient(store=store, imds_endpoint=emu.imds_url,
+                                  min_strength="keyguard").get_certificate()
+    assert again.x5t_s256 == strong.x5t_s256 and emu.count("issuecredential") == 2
+
+
+def test_a_mint_that_can_only_make_a_weaker_key_fails_and_sends_no_csr_fake_keyguard_provider(
+        emu, store_dir):
+    store = _KeyGuardLikeStore(store_dir, "keyguard")
+    client = ManagedIdentityClient(store=store, imds_endpoint=emu.imds_url,
+                                   min_strength="keyguard")
+    store.kind = "software-ksp"  # VBS went away after the floor was checked
+    with pytest.raises(MinStrengthNotMet, match="the store made a software-ksp key"):
+        client.get_certificate()
+    assert emu.count("issuecredential") == 0
