@@ -26,8 +26,15 @@ if TYPE_CHECKING:
     from ._probe import ProbeResult
     from .backends.contract import Store
 
-__all__ = ["STRENGTHS", "Capabilities", "MinStrengthNotMet", "capabilities",
-           "below_floor", "check_min_strength", "key_strength"]
+__all__ = [
+    "STRENGTHS",
+    "Capabilities",
+    "MinStrengthNotMet",
+    "below_floor",
+    "capabilities",
+    "check_min_strength",
+    "key_strength",
+]
 
 STRENGTHS = ("none", "bearer", "software", "keyguard")
 """Binding strengths, weakest first."""

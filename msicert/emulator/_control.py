@@ -15,9 +15,9 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from ._ca import ISSUER_CNS
 from ._faults import Fault
 from ._http import Reply, invalid_request
-from ._ca import ISSUER_CNS
 from ._state import MAX_AHEAD, MAX_LIFETIME
 
 if TYPE_CHECKING:
