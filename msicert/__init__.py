@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from ._backoff import Backoff, BackoffActive
-from ._capabilities import MinStrengthNotMet
 from ._client import ManagedIdentityClient
 from ._errors import (
     AttestationError,
     AttestationRequiredError,
     ImdsError,
     ImdsResponseError,
+    MinStrengthNotMet,
     MsiCertError,
     MsiV2UnavailableError,
     StoreError,

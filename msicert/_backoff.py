@@ -9,10 +9,7 @@ certificate: callers consult the gate only when they are about to mint.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import random
 import threading
 from typing import Any
 
@@ -55,7 +52,11 @@ class Backoff(Frozen):
         """The wait after ``failures`` (>= 1) failures in a row; ``draw`` in [0, 1) picks the
         point in the jitter range (random when None)."""
         step = min(self.maximum, self.initial * 2.0 ** min(max(failures, 1) - 1, 62))
-        return step * (0.5 + 0.5 * (random.random() if draw is None else draw))
+        if draw is None:
+            import random  # first failure only: never on a store hit
+
+            draw = random.random()
+        return step * (0.5 + 0.5 * draw)
 
 
 DEFAULT_BACKOFF = Backoff()
@@ -75,6 +76,8 @@ def _clone(exc: BaseException) -> BaseException:
             Exception.__init__(twin, *exc.args)
             twin.__dict__.update(vars(exc))
             return twin
+        import copy
+
         return copy.copy(exc)
     except Exception:  # an exotic exception type: say what it was
         return MsiCertError(f"{cls.__name__}: {exc}")
@@ -190,6 +193,8 @@ class MintGate:
             self.until = math.inf if for_process else now + wait
             self.kind, self.rejected, self.error = kind, rejected, exc
             shared_until = now + (marker_for if marker_for is not None else wait)
+            import json
+
             doc = {"v": _MARKER_VERSION, "since": now, "until": shared_until, "kind": kind,
                    "rejected": rejected, "error": _to_record(exc)}
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
@@ -227,6 +232,8 @@ def _read_marker(data: bytes | None, now: float
     none: tuple[BaseException | None, float, float, str] = (None, 0.0, 0.0, "")
     if not data or len(data) > _MAX_MARKER:
         return none
+    import json
+
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):

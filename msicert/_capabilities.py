@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import MsiCertError
+from ._errors import MinStrengthNotMet, MsiCertError
 from ._identity import Identity
 
 if TYPE_CHECKING:
@@ -50,22 +50,6 @@ def below_floor(key_kind: str, floor: str | None) -> bool:
     if floor is None:
         return False
     return _rank("keyguard" if key_kind == "keyguard" else "software") < _rank(floor)
-
-
-class MinStrengthNotMet(MsiCertError):
-    """The host cannot bind tokens as strongly as ``min_strength`` requires (MSAL.NET's
-    ``min_strength_not_met``). ``actual`` and ``required`` are strength names."""
-
-    code = "min_strength_not_met"
-
-    def __init__(self, actual: str, required: str, reason: str) -> None:
-        super().__init__(
-            f"this host's maximum binding strength is {actual!r} ({reason}), below "
-            f"min_strength={required!r}; msicert never downgrades: run where a {required} "
-            f"key can be made, or lower the floor")
-        self.actual = actual
-        self.required = required
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import _correlation, _fork, _policy
 from ._backoff import DEFAULT_BACKOFF, Backoff, MintGate, gate_for
-from ._capabilities import MinStrengthNotMet, below_floor, check_min_strength
 from ._errors import (
     AttestationRequiredError,
     ImdsError,
     ImdsResponseError,
+    MinStrengthNotMet,
     MsiCertError,
     StoreError,
 )
@@ -259,8 +259,11 @@ class ManagedIdentityClient:
         self.issuer_cn: str | None = issuer or os.environ.get(ENV_ISSUER) or None
         self._store = store if store is not None else default_store(store_dir, store_location)
         # A floor, checked here before any IMDS call (msicert._capabilities.check_min_strength)
-        self.min_strength = (None if min_strength is None
-                             else check_min_strength(self._store, min_strength, imds_endpoint))
+        self.min_strength: str | None = None
+        if min_strength is not None:
+            from ._capabilities import check_min_strength
+
+            self.min_strength = check_min_strength(self._store, min_strength, imds_endpoint)
         self._imds_endpoint = imds_endpoint
         self._retry = retry
         self._imds_client: ImdsClient | None = None
@@ -289,6 +292,14 @@ class ManagedIdentityClient:
             gate = self._gate_cache = gate_for(
                 f"{self._store.description}\0{self.identity.alias}")
         return gate
+
+    def _too_weak(self, key_kind: str) -> bool:
+        """True when a key of ``key_kind`` binds less strongly than ``min_strength``."""
+        if self.min_strength is None:
+            return False
+        from ._capabilities import below_floor
+
+        return below_floor(key_kind, self.min_strength)
 
     @property
     def store(self) -> Store:
@@ -363,7 +374,7 @@ class ManagedIdentityClient:
         if entry is None:
             log.debug("no stored certificate for %s", self.identity.alias)
             return None
-        if below_floor(entry.key, self.min_strength):
+        if self._too_weak(entry.key):
             log.info("stored certificate %s has a %s key, below min_strength %s; a new one "
                      "will be minted", entry.x5t_s256, entry.key, self.min_strength)
             return None
@@ -390,7 +401,7 @@ class ManagedIdentityClient:
                             exc.reason)
                 self._store.remove(self.identity)
             return None
-        if entry is None or below_floor(entry.key, self.min_strength):
+        if entry is None or self._too_weak(entry.key):
             return None  # a weaker key than the floor is never used (nor deleted)
         st = entry.state(now)
         if st in _USABLE:
@@ -602,7 +613,7 @@ class ManagedIdentityClient:
         try:
             meta = imds.get_platform_metadata(self.identity, deadline=until, correlation_id=cid)
             key = self._store.generate_key(self.identity)
-            if below_floor(key.kind, self.min_strength):
+            if self._too_weak(key.kind):
                 key.discard()
                 raise MinStrengthNotMet(
                     "keyguard" if key.kind == "keyguard" else "software",

@@ -9,7 +9,6 @@ it to IMDS, so one support case traces end to end.
 from __future__ import annotations
 
 import contextvars
-import uuid
 
 __all__ = ["current", "operation"]
 
@@ -17,9 +16,15 @@ _id: contextvars.ContextVar[str | None] = contextvars.ContextVar("msicert_correl
                                                                  default=None)
 
 
+def _new() -> str:
+    import uuid  # a mint or a token request: never on a store or cache hit
+
+    return str(uuid.uuid4())
+
+
 def current() -> str:
     """The running operation's id, or a new one when no operation is running."""
-    return _id.get() or str(uuid.uuid4())
+    return _id.get() or _new()
 
 
 class operation:
@@ -29,7 +34,7 @@ class operation:
     __slots__ = ("_token", "id")
 
     def __init__(self) -> None:
-        self.id = _id.get() or str(uuid.uuid4())
+        self.id = _id.get() or _new()
         self._token: contextvars.Token[str | None] | None = None
 
     def __enter__(self) -> str:

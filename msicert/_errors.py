@@ -11,6 +11,7 @@ __all__ = [
     "AttestationRequiredError",
     "ImdsError",
     "ImdsResponseError",
+    "MinStrengthNotMet",
     "MsiCertError",
     "MsiV2UnavailableError",
     "StoreError",
@@ -151,3 +152,19 @@ class AttestationError(MsiCertError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message if status is None else f"{message}; status={status}")
         self.status = status
+
+
+class MinStrengthNotMet(MsiCertError):
+    """The host cannot bind tokens as strongly as ``min_strength`` requires (MSAL.NET's
+    ``min_strength_not_met``). ``actual`` and ``required`` are strength names."""
+
+    code = "min_strength_not_met"
+
+    def __init__(self, actual: str, required: str, reason: str) -> None:
+        super().__init__(
+            f"this host's maximum binding strength is {actual!r} ({reason}), below "
+            f"min_strength={required!r}; msicert never downgrades: run where a {required} "
+            f"key can be made, or lower the floor")
+        self.actual = actual
+        self.required = required
+        self.reason = reason
