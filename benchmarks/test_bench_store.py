@@ -7,7 +7,7 @@ in the same directory. Two variants of the lookup:
 * steady state: this process has looked the entry up before (the library memoises its
   subject/issuer and key/certificate checks per process), as for every new client after the
   first one in a long-lived process; target 4x the floor;
-* new client, new store directory (issue 12.5): the state of a new process's first lookup.
+* new client, new store directory: the state of a new process's first lookup.
   Before every round the library's per-process memos are reset to what a fresh import holds,
   so the lookup parses the entry, compares subject and issuer with the DER names recorded at
   mint time and matches the private key with the certificate (without RSA validation); the
@@ -155,7 +155,7 @@ def test_store_lookup_first_in_process(
     others: int,
     key_loads: list[dict[str, Any]],
 ) -> None:
-    """New client, new store directory: a new process's first lookup (issue 12.5).
+    """New client, new store directory: a new process's first lookup.
 
     Every round starts from a fresh import's memos (see :func:`_fresh_process_state`) and a
     new client, whose store has not checked its directory yet. Any private-key load on this

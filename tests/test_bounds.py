@@ -1,4 +1,4 @@
-"""Issue 6 point 6: size bounds - huge directories, huge or odd store files, huge answers.
+"""Size bounds: huge directories, huge or odd store files, huge answers.
 
 Every case must finish in bounded time and memory. Time limits here are generous (speed
 targets live in benchmarks/); memory is measured with tracemalloc (Python allocations).

@@ -1,4 +1,4 @@
-"""Issue 6 points 3 and 4: clock jumps, certificates outside their window, and timeouts.
+"""Clock jumps, certificates outside their window, and timeouts.
 
 The client's clock is injected (real time plus an offset the test moves; the emulator keeps
 real time), so forward and backward jumps are instant. Timeouts are measured with real

@@ -1,4 +1,5 @@
-"""Issue 2 points 7 and 8 with real threads and real processes (SIGKILL included)."""
+"""One mint per identity across threads and processes, and a killed holder never blocks the
+others: real threads and real processes (SIGKILL included)."""
 
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def test_sigkill_at_random_instants_never_tears_the_store(emu, store_dir):
     assert _assert_store_usable(store_dir) is not None
 
 
-# --- issue 11 point 8: the lock wait outlasts any holder with the same settings -------------
+# --- the lock wait outlasts any holder with the same settings ------------------------------
 
 TIMED_CLIENT = r"""
 import json, sys, time

@@ -1,4 +1,4 @@
-"""Issue 11 point 7: configuration values that make no sense are ignored with a warning."""
+"""Configuration values that make no sense are ignored with a warning."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Issue 11 points 1, 3, 8 (ESTS) and issue 10 point 5 (ESTS headers), over real TLS.
+"""How each ESTS failure is classified (our certificate refused, ESTS's unverified, a
+connection closed, a timeout) and the headers every ESTS request carries, over real TLS.
 
 Every ESTS misbehaviour here is acted out by the emulator on 127.0.0.1 (see ``Fault``): a server
 that alerts on our certificate (OpenSSL's own ``unknown_ca``), a server whose certificate fails

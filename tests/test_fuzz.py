@@ -1,4 +1,4 @@
-"""Issue 6 point 1: property-based fuzzing of every parser of untrusted bytes.
+"""Property-based fuzzing of every parser of untrusted bytes.
 
 Each parser either returns a value that meets its invariants or raises one of its documented
 errors (ImdsError/ImdsResponseError, TokenError, CorruptEntry/StoreError; ValueError for

@@ -1,4 +1,5 @@
-"""Issue 2 points 1-3 and 6 end to end against the emulator (real HTTP on loopback)."""
+"""Store first, then one mint: lookup, minting, persisting and corrupt entries, end to end
+against the emulator (real HTTP on loopback)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 2 point 5: proactive renewal at renew_after, expiry, failure handling."""
+"""Proactive renewal at renew_after, expiry, failure handling."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_certificate_far_ahead_of_the_clock_is_a_clear_error(make_client, emu, s
     assert emu.count("issuecredential") == 1
 
 
-# --- issue 11 point 2: no Exception from a renewal reaches a caller holding a valid certificate
+# --- no Exception from a renewal reaches a caller holding a valid certificate ---------------
 
 IMDS_CALLS = ("getplatformmetadata", "issuecredential")
 

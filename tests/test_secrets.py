@@ -1,4 +1,4 @@
-"""Issue 6 point 5: no key material, access token or attestation token in logs or errors.
+"""No key material, access token or attestation token in logs or errors.
 
 One end-to-end run (mint, store hit, renewal, tokens, invalid_client evict-and-retry,
 handshake rejection, IMDS and ESTS failures, IMDS answers that echo the attestation token,

@@ -1,4 +1,4 @@
-"""Issue 11 points 5 and 5b: the store directory is checked again before every write and lock,
+"""The store directory is checked again before every write and lock,
 recreated when it went away, refused when it was replaced; modes are only ever narrowed."""
 
 from __future__ import annotations

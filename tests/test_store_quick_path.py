@@ -1,4 +1,4 @@
-"""The store's quick read path (issue 12.5): names compared as DER, the key matched by (n, e).
+"""The store's quick read path: names compared as DER, the key matched by (n, e).
 
 A first lookup in a process used to build cryptography ``Name`` objects and RFC 4514 strings
 and load the private key. It now compares the names with the DER recorded at mint time, reads

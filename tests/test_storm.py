@@ -1,4 +1,4 @@
-"""Issue 6 point 2: a fault storm against short-lived certificates, in-process and cross-process.
+"""A fault storm against short-lived certificates, in-process and cross-process.
 
 IMDS answers a seeded random mix of 5xx, 429 (+Retry-After), 410, 404, 400, read timeouts,
 garbage bodies, contract breaks and wrong/expired certificates, interleaved with good answers

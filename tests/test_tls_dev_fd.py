@@ -1,4 +1,4 @@
-"""Issue 11 point 9: loading the key pair through /dev/fd with BSD (and /proc-less) semantics.
+"""Loading the key pair through /dev/fd with BSD (and /proc-less) semantics.
 
 How BSD is modelled. On Linux, ``/dev/fd/N`` is a symlink into /proc: opening it opens the
 file *again* (a new offset at 0). On macOS and the BSDs (fdescfs), opening ``/dev/fd/N`` is

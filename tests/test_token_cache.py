@@ -1,4 +1,4 @@
-"""Issue 11 point 6: the token cache under threads, and its size bound.
+"""The token cache under threads, and its size bound.
 
 Real client, real emulator; call counts come from the emulator's request log.
 """

@@ -1,4 +1,4 @@
-"""Issue 11 point 4, token half: no access token in any local of any frame of a failure.
+"""No access token in any local of any frame of a failure.
 
 Error reporters that capture local variables (Sentry and its kin) call ``repr`` on every local
 of every frame in a traceback, the chained exceptions' included. Each test injects a failure

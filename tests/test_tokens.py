@@ -1,4 +1,4 @@
-"""Issue 3: mTLS handshake, mtls_pop tokens, the token cache, evict-and-retry."""
+"""The mTLS handshake, mtls_pop tokens, the token cache, and what a refusal costs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Issue 11 point 4 (store half): a failure at any write step, or while the store reads an
-entry, leaves no private key in any local of any frame of its traceback.
+"""A failure at any write step, or while the store reads an entry, leaves no private key in
+any local of any frame of its traceback.
 
 Error reporters that capture locals (Sentry and its kin) repr every local of every frame, and
 often one level into containers and objects. The walk below does the same, over the frames of
