@@ -657,7 +657,9 @@ class ManagedIdentityClient:
     def cached_tokens(self) -> list[CachedToken]:
         """The identity's tokens in the shared token cache, oldest first, whatever
         ``token_cache`` says (no network call; ``repr`` never shows a token's text)."""
-        return self._shared_tokens().entries()
+        from ._shared_tokens import entries
+
+        return entries(self._store, self.identity)
 
     def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:
         """An ``mtls_pop`` access token for ``resource`` bound to the binding certificate.

@@ -38,7 +38,7 @@ from ._lazylog import LazyLogger
 from .backends.contract import MAX_TOKEN_CACHE_BYTES, Store
 
 __all__ = ["FORMAT", "MAX_ENTRIES", "MAX_TOKEN_CHARS", "CachedToken", "SharedTokens", "clear",
-           "decode", "encode"]
+           "decode", "encode", "entries"]
 
 log = LazyLogger("msicert")
 
@@ -167,6 +167,11 @@ def _load(store: Store, identity: Identity) -> list[CachedToken]:
         return []
 
 
+def entries(store: Store, identity: Identity) -> list[CachedToken]:
+    """Every token of the identity's shared cache (servable or not), oldest first."""
+    return sorted(_load(store, identity), key=lambda t: t.written)
+
+
 def clear(store: Store, identity: Identity) -> int:
     """Remove the identity's shared tokens (``purge``); return how many there were. The file
     goes even when its lock cannot be taken (a removal is atomic)."""
@@ -209,10 +214,6 @@ class SharedTokens:
             if token.scope == scope and token.x5t_s256 == x5t_s256 and now < token.serve_until:
                 return token
         return None
-
-    def entries(self) -> list[CachedToken]:
-        """Every token the cache holds (servable or not), oldest first."""
-        return sorted(_load(self._store, self._identity), key=lambda t: t.written)
 
     def put(self, token: CachedToken, now: float) -> None:
         """Replace the token of ``token``'s scope and certificate (too long a token: only the

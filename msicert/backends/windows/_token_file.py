@@ -74,11 +74,16 @@ def read(location: str, identity: Identity) -> bytes | None:
                          "rebuilt at the next token", path, _MAX_BLOB)
         return None
     try:
-        return msicert_native.unprotect_data(blob, entropy=_entropy(location, identity))
+        data = msicert_native.unprotect_data(blob, entropy=_entropy(location, identity))
     except msicert_native.NativeError as exc:
         log.warning_once(path, "ignoring shared token cache %s: this user cannot decrypt it "
                          "(%s); it is rebuilt at the next token", path, exc)
         return None
+    if len(data) > MAX_TOKEN_CACHE_BYTES:
+        log.warning_once(path, "ignoring shared token cache %s: larger than %d bytes; it is "
+                         "rebuilt at the next token", path, MAX_TOKEN_CACHE_BYTES)
+        return None
+    return data
 
 
 def write(location: str, identity: Identity, data: bytes | None) -> bool:
