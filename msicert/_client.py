@@ -73,6 +73,19 @@ def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: f
 
 
 _live: weakref.WeakSet[ManagedIdentityClient] | None = None  # clients with pools (fork)
+_token_classes: tuple[type[TokenManager], type[SharedTokens]] | None = None
+
+
+def _token_types() -> tuple[type[TokenManager], type[SharedTokens]]:
+    """The token leg's classes, imported at the first token (an import statement in a
+    function costs about 2 us a call: a new client's first token pays it otherwise)."""
+    global _token_classes
+    if _token_classes is None:
+        from ._shared_tokens import SharedTokens
+        from ._token_cache import TokenManager
+
+        _token_classes = (TokenManager, SharedTokens)
+    return _token_classes
 
 
 @_fork.in_child
@@ -632,8 +645,7 @@ class ManagedIdentityClient:
             return manager
         with self._token_manager_lock:
             if self._token_manager is None:
-                from ._token_cache import TokenManager
-
+                TokenManager = _token_types()[0]
                 self._token_manager = TokenManager(
                     self, None, make_transport=self._store.transport, clock=self._clock,
                     sleep=self._sleep, timeouts=self._ests_timeouts,
@@ -643,9 +655,7 @@ class ManagedIdentityClient:
             return self._token_manager
 
     def _shared_tokens(self) -> SharedTokens:
-        from ._shared_tokens import SharedTokens
-
-        return SharedTokens(self._store, self.identity, fetch_wait=self._token_fetch_wait)
+        return _token_types()[1](self._store, self.identity, fetch_wait=self._token_fetch_wait)
 
     def _token_fetch_wait(self) -> float:
         """How long a token request waits for another process's request for the same

@@ -26,6 +26,7 @@ module decides what they mean.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -51,6 +52,14 @@ WRITE_WAIT = 5.0
 """Seconds a write waits for the cache's lock (held for a moment by each writer); then the
 write is skipped and the token stays in its process."""
 _MAX_SCOPE = 2048
+# (SHA-256 of the bytes read, identity alias) -> what they decode to: a new client reading an
+# unchanged cache skips the parse (any write changes the bytes). Bounded; holds no more than
+# the in-memory token caches of this process may hold.
+_decoded: dict[tuple[bytes, str], tuple[CachedToken, ...]] = {}
+_DECODED_MAX = 16
+# The last (bytes object, alias, tokens): a store that hands back the very object it read
+# before (its own memo) skips even the hash.
+_last: tuple[bytes, str, tuple[CachedToken, ...]] | None = None
 
 
 class CachedToken(Frozen):
@@ -154,17 +163,31 @@ def _bounded(alias: str, tokens: list[CachedToken], now: float) -> bytes:
     return data
 
 
-def _load(store: Store, identity: Identity) -> list[CachedToken]:
+def _load(store: Store, identity: Identity) -> tuple[CachedToken, ...]:
+    global _last
     data = store.read_tokens(identity)
     if data is None:
-        return []
+        return ()
+    last = _last
+    if last is not None and last[0] is data and last[1] == identity.alias:
+        return last[2]
+    key = (hashlib.sha256(data).digest(), identity.alias)
+    known = _decoded.get(key)
+    if known is not None:
+        _last = (data, identity.alias, known)
+        return known
     try:
-        return decode(data, identity.alias)
+        tokens = tuple(decode(data, identity.alias))
     except ValueError as exc:
         log.warning_once(f"{store.description}\0{identity.alias}",
                   "ignoring the shared token cache of %s in %s (%s); it is rebuilt at the next "
                   "token", identity.alias, store.description, exc)
-        return []
+        return ()
+    if len(_decoded) >= _DECODED_MAX:
+        _decoded.clear()
+    _decoded[key] = tokens
+    _last = (data, identity.alias, tokens)
+    return tokens
 
 
 def entries(store: Store, identity: Identity) -> list[CachedToken]:

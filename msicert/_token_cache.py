@@ -397,8 +397,6 @@ class TokenManager:
                         found.refresh_on),
             found.serve_until, found.refresh_on, found.x5t_s256)
         self._store_slot(slot, key, entry)
-        log.debug("token for %s bound to %s found in the shared token cache", key,
-                  found.x5t_s256)
         return entry
 
     def current(self, use: Callable[[BindingCertificate], T]) -> tuple[BindingCertificate, T]:

@@ -109,17 +109,15 @@ def _read_private(path: str, limit: int, forbidden: int) -> tuple[bytes | None, 
             return None, f"mode {mode:04o} opens it to other users"
         if st.st_size > limit:
             return None, f"larger than {limit} bytes"
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
+        data = os.read(fd, limit + 1)
+        while len(data) < st.st_size:  # a short read (rare for a regular file)
+            chunk = os.read(fd, limit + 1 - len(data))
             if not chunk:
                 break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+            data += chunk
+        if len(data) > limit:
             return None, f"larger than {limit} bytes"
-        return b"".join(chunks), ""
+        return data, ""
     except OSError as exc:
         return None, exc.strerror or "unreadable"
     finally:
@@ -139,6 +137,11 @@ def _fresh_memo_lock() -> None:
 # (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
 _PARSED_MAX = 64
+# token cache path -> (its lstat identity, the bytes read and checked): a new client re-reading
+# an unchanged cache costs one lstat. Every write renames a new inode, and any change in place
+# (content, mode, owner) moves mtime or ctime, so a changed file never matches.
+_token_reads: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+_TOKEN_READS_MAX = 16
 
 
 def _issuer_key(issuer_cn: str | None) -> str:
@@ -430,10 +433,25 @@ class FileStore:
         """The token cache file, if it is a regular file of ours, mode 0600 or narrower, and
         no larger than MAX_TOKEN_CACHE_BYTES; anything else is ignored (a WARNING once)."""
         path = self.tokens_path(identity)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            st = None  # _read_private says why
+        ident = None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                         st.st_ctime_ns)
+        known = _token_reads.get(path)
+        if known is not None and known[0] == ident:
+            return known[1]
         data, why = _read_private(path, MAX_TOKEN_CACHE_BYTES, 0o077)
         if why:
             log.warning_once(path, "ignoring shared token cache %s: %s; it is rebuilt at the "
                              "next token", path, why)
+        if data is not None and ident is not None:
+            if len(_token_reads) >= _TOKEN_READS_MAX:
+                _token_reads.clear()
+            _token_reads[path] = (ident, data)
         return data
 
     def write_tokens(self, identity: Identity, data: bytes | None) -> bool:
