@@ -411,3 +411,18 @@ def test_only_what_msicert_wrote_for_the_identity_decodes_and_no_error_quotes_a_
         assert "secret" not in str(refused.value)
     with pytest.raises(ValueError, match="larger than"):
         decode(b" " * (MAX_TOKEN_CACHE_BYTES + 1), "system")
+
+
+def test_a_cache_file_changed_in_place_after_a_read_is_read_again(make_client, emu, store_dir):
+    """The file store remembers what it read by the file's identity (inode, size, times):
+    a change in place, even to bytes of the same length, is never answered from memory."""
+    make_client().acquire_token(VAULT)
+    assert make_client().acquire_token(VAULT).source == "shared_cache"  # read and remembered
+    path = _tokens_file(store_dir)
+    data = path.read_bytes()
+    stat_before = os.stat(path)
+    with open(path, "r+b") as f:  # same inode, same size
+        f.write(data.replace(b'"format":"msicert-tokens/1"', b'"format":"msicert-tokens/9"'))
+    assert os.stat(path).st_ino == stat_before.st_ino
+    assert make_client().acquire_token(VAULT).source == "identity_provider"
+    assert emu.count("token") == 2
