@@ -218,6 +218,7 @@ class TokenManager:
         self._timeouts = timeouts
         self._server_error_delay = server_error_delay
         self._tls = transport
+        self._tls_guard = threading.Lock()
         self._make_transport = make_transport
         self._shared = shared
         self._max_cached = max_cached
@@ -230,7 +231,7 @@ class TokenManager:
         """The mTLS transport (built at its first use)."""
         tls = self._tls
         if tls is None:
-            with self._slots_guard:
+            with self._tls_guard:
                 if self._tls is None:
                     if self._make_transport is None:
                         raise RuntimeError("TokenManager has no transport")
@@ -632,6 +633,7 @@ class TokenManager:
         at the next use), free locks. Cached tokens stay: they are bound to a certificate,
         not to a connection."""
         self._tls = transport
+        self._tls_guard = threading.Lock()
         self._slots_guard = threading.Lock()
         for slot in list(self._slots.values()):
             slot.lock = threading.Lock()

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from msicert import ManagedIdentityClient
+from msicert import ManagedIdentityClient, TokenError
 from msicert._shared_tokens import (
     MAX_ENTRIES,
     MAX_TOKEN_CHARS,
@@ -426,3 +426,80 @@ def test_a_cache_file_changed_in_place_after_a_read_is_read_again(make_client, e
     assert os.stat(path).st_ino == stat_before.st_ino
     assert make_client().acquire_token(VAULT).source == "identity_provider"
     assert emu.count("token") == 2
+
+
+# --- refresh across processes -------------------------------------------------------------------
+def _clocked(make_client, emu):
+    """Clients on one clock, certificates that outlive the token (refresh_in = 1800 s)."""
+    emu.lifetime, emu.token_lifetime = 86400.0 * 3, 3600.0
+    now = [time.time()]
+    return now, (lambda **kw: make_client(clock=lambda: now[0], **kw))
+
+
+def test_a_due_shared_token_is_refreshed_once_and_every_client_moves_to_the_new_one(
+        make_client, emu):
+    now, clocked = _clocked(make_client, emu)
+    holder = clocked()
+    first = holder.acquire_token(VAULT)
+    now[0] = first.refresh_on + 1  # due, still servable
+    refreshed = clocked().acquire_token(VAULT)  # a new client: finds it due, asks ESTS
+    assert refreshed.source == "identity_provider"
+    assert refreshed.access_token != first.access_token
+    assert clocked().acquire_token(VAULT).access_token == refreshed.access_token
+    moved = holder.acquire_token(VAULT)  # its own copy is due: it takes the shared one
+    assert (moved.source, moved.access_token) == ("shared_cache", refreshed.access_token)
+    assert emu.count("token") == 2
+
+
+HOLD_SCOPE_LOCK = r"""
+import sys, time
+from msicert import Identity
+from msicert.backends.posix._file_store import FileStore
+with FileStore(sys.argv[1]).token_lock(Identity(), sys.argv[2], timeout=5).hold():
+    print("held", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_while_another_process_refreshes_a_due_shared_token_it_is_served_without_waiting(
+        make_client, emu, store_dir):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, cli_env
+
+    now, clocked = _clocked(make_client, emu)
+    first = clocked().acquire_token(VAULT)
+    now[0] = first.refresh_on + 1
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCOPE_LOCK, store_dir,
+                               f"{VAULT}/.default"], stdout=subprocess.PIPE, text=True,
+                              env=cli_env(), cwd=str(ROOT))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        served = clocked().acquire_token(VAULT)
+        assert holder.poll() is None  # still held: nobody waited for it
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert (served.source, served.access_token) == ("shared_cache", first.access_token)
+    assert emu.count("token") == 1
+
+
+def test_when_the_refresh_of_a_due_shared_token_fails_the_token_is_still_served(
+        make_client, emu, caplog):
+    now, clocked = _clocked(make_client, emu)
+    first = clocked().acquire_token(VAULT)
+    now[0] = first.refresh_on + 1
+    emu.inject("token", Fault(status=400, times=None))
+    with caplog.at_level(logging.WARNING, logger="msicert"):
+        served = clocked().acquire_token(VAULT)
+    emu.clear_faults()
+    assert (served.source, served.access_token) == ("shared_cache", first.access_token)
+    assert any("token refresh failed; serving the shared cached token" in r.getMessage()
+               for r in caplog.records)
+    now[0] = first.expires_on  # past serve_until: never served, the error reaches the caller
+    emu.inject("token", Fault(status=400, times=None))
+    with pytest.raises(TokenError) as failed:
+        clocked().acquire_token(VAULT)
+    assert failed.value.status == 400
+    emu.clear_faults()
