@@ -503,3 +503,30 @@ def test_when_the_refresh_of_a_due_shared_token_fails_the_token_is_still_served(
         clocked().acquire_token(VAULT)
     assert failed.value.status == 400
     emu.clear_faults()
+
+
+def test_windows_without_an_absolute_local_app_data_keeps_tokens_in_the_process(
+        monkeypatch, caplog, tmp_path):
+    """The Windows token file lives under %LOCALAPPDATA%; without an absolute one there is
+    no shared cache (one WARNING for the process), and nothing is written anywhere."""
+    from msicert import Identity
+    from msicert._lazylog import _warned
+    from msicert.backends.windows import _token_file
+
+    _warned.discard(("LOCALAPPDATA", "LOCALAPPDATA is not set to an absolute path: tokens "
+                                     "stay in this process"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # where a relative path would have put it
+    with caplog.at_level(logging.WARNING, logger="msicert"):
+        for value in (None, "", "relative\\AppData\\Local"):
+            if value is None:
+                monkeypatch.delenv("LOCALAPPDATA", raising=False)
+            else:
+                monkeypatch.setenv("LOCALAPPDATA", value)
+            assert _token_file.token_path("current-user", Identity()) is None
+            assert _token_file.read("current-user", Identity()) is None
+            assert _token_file.write("current-user", Identity(), b"{}") is False
+    warned = [r.getMessage() for r in caplog.records if "LOCALAPPDATA" in r.getMessage()]
+    assert warned == ["LOCALAPPDATA is not set to an absolute path: tokens stay in this process"]
+    assert list(cwd.iterdir()) == []
