@@ -180,8 +180,8 @@ def _load(store: Store, identity: Identity) -> tuple[CachedToken, ...]:
         tokens = tuple(decode(data, identity.alias))
     except ValueError as exc:
         log.warning_once(f"{store.description}\0{identity.alias}",
-                  "ignoring the shared token cache of %s in %s (%s); it is rebuilt at the next "
-                  "token", identity.alias, store.description, exc)
+                         "ignoring the shared token cache of %s in %s (%s); it is rebuilt at "
+                         "the next token", identity.alias, store.description, exc)
         return ()
     if len(_decoded) >= _DECODED_MAX:
         _decoded.clear()
@@ -274,7 +274,8 @@ class SharedTokens:
                 held: bool | None = stack.enter_context(self._store.token_lock(
                     self._identity, scope, timeout=self._fetch_wait()).hold(blocking=wait))
             except StoreError as exc:
-                log.warning_once(f"{self._store.description}\0lock", "cannot use the token lock of "
-                          "%s (%s); asking ESTS without it", self._identity.alias, exc)
+                log.warning_once(f"{self._store.description}\0lock",
+                                 "cannot use the token lock of %s (%s); asking ESTS without it",
+                                 self._identity.alias, exc)
                 held = None
             yield held
