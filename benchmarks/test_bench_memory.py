@@ -54,10 +54,10 @@ def test_token_cache_hit(
     client = make_client(populated_store(1))
     resource = "https://vault.azure.net"
     first = client.acquire_token(resource)
-    assert first.source == "identity_provider"
+    assert first.source in ("identity_provider", "shared_cache")
     calls = emulator.count("token")
     assert client.acquire_token(resource).source == "cache"
-    describe(benchmark, "token served from cache", max_us=2.0)
+    describe(benchmark, "token served from cache", max_us=1.0)
     token = benchmark(client.acquire_token, resource)
     assert token.source == "cache"
     assert emulator.count("token") == calls  # really no ESTS call while measuring

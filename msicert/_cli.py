@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     _identity_args(c)
     _timeout_arg(c)
     s = sub.add_parser("status", parents=[common],
-                       help="show stored certificates and their lifetime (no network)")
+                       help="show stored certificates, their lifetime and the tokens cached "
+                            "for them (no network)")
     _identity_args(s)
     s.add_argument("--all", action="store_true", help="every identity in the store")
     t = sub.add_parser("token", parents=[common],
@@ -141,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
                         "ask for a token with these claims")
     _identity_args(t)
     _timeout_arg(t)
-    u = sub.add_parser("purge", parents=[common], help="remove the identity's stored certificate")
+    u = sub.add_parser("purge", parents=[common],
+                       help="remove the identity's stored certificate and cached tokens")
     _identity_args(u)
     pr = sub.add_parser("probe", parents=[common],
                         help="which managed identity source this host has (imds_v2/v1/none) and "
@@ -238,6 +240,25 @@ def _status_row(cert: Any, now: float) -> dict[str, Any]:
     }
 
 
+def _token_rows(tokens: list[Any], cert: Any, now: float) -> list[dict[str, Any]]:
+    """The ``status --json`` objects of the shared cache's tokens: never the token itself."""
+    return [{
+        "resource": t.resource,
+        "x5t_s256": t.x5t_s256,
+        "bound_to_stored_certificate": cert is not None and t.x5t_s256 == cert.x5t_s256,
+        "expires_on": _iso(t.expires_on),
+        "expires_in_seconds": round(t.expires_on - now),
+        "refresh_on": _iso(t.refresh_on),
+    } for t in tokens]
+
+
+def _token_line(row: dict[str, Any]) -> str:
+    left = row["expires_in_seconds"]
+    when = f"expires in {_duration(left)}" if left > 0 else f"expired {_duration(-left)} ago"
+    bound = "" if row["bound_to_stored_certificate"] else ", bound to another certificate"
+    return f"  token  {row['resource']}  {when}{bound}"
+
+
 def _status_line(row: dict[str, Any], cert: Any, now: float, width: int) -> str:
     name = row["identity"].ljust(width)
     if row["state"] in ("corrupt", "unreadable"):
@@ -298,26 +319,37 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     client = _client(args)
     now = time.time()
+    missing = _store_missing(client)
+    corrupt: CorruptEntry | None = None
     try:
-        cert = None if _store_missing(client) else client.status()
+        cert = None if missing else client.status()
     except CorruptEntry as exc:
-        _print_kv({"identity": client.identity.alias, "state": "corrupt", "reason": exc.reason,
-                   "store": client.store.description}, args.json)
-        return 1
+        cert, corrupt = None, exc
+    tokens = _token_rows([] if missing else client.cached_tokens(), cert, now)
+    counted = {"tokens_cached": len(tokens)}
     if cert is None:
-        _print_kv({"identity": client.identity.alias, "state": "absent",
-                   "store": client.store.description}, args.json)
-        return 1
-    row = _status_row(cert, now)
-    info = {**cert.to_json(), **row}
-    if not args.json:
-        print(_status_line(row, cert, now, len(row["identity"])))
-    _print_kv(info, args.json)
-    return 0 if row["state"] in ("fresh", "renewing") else 1
+        info: dict[str, Any] = {"identity": client.identity.alias,
+                                "state": "absent" if corrupt is None else "corrupt"}
+        if corrupt is not None:
+            info["reason"] = corrupt.reason
+        info["store"] = client.store.description
+    else:
+        row = _status_row(cert, now)
+        info = {**cert.to_json(), **row}
+        if not args.json:
+            print(_status_line(row, cert, now, len(row["identity"])))
+    if args.json:
+        _print_kv({**info, **counted, "tokens": tokens}, True)
+    else:
+        _print_kv({**info, **counted}, False)
+        for token in tokens:
+            print(_token_line(token))
+    return 0 if info["state"] in ("fresh", "renewing") else 1
 
 
 def _status_all(args: argparse.Namespace) -> int:
     from ._identity import Identity
+    from ._shared_tokens import entries
     from .backends.contract import CorruptEntry
 
     client = _client(args)
@@ -340,7 +372,8 @@ def _status_all(args: argparse.Namespace) -> int:
             cert = client.store.find(identity, issuer_cn=client.issuer_cn)
             if cert is None:
                 continue  # removed while we looked
-            rows.append((_status_row(cert, now), cert))
+            rows.append(({**_status_row(cert, now),
+                          "tokens_cached": len(entries(client.store, identity))}, cert))
         except (CorruptEntry, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptEntry) else str(exc)
             rows.append(({"identity": alias, "state": "corrupt", "reason": reason,
@@ -357,7 +390,9 @@ def _status_all(args: argparse.Namespace) -> int:
         return 1
     width = max(len(r["identity"]) for r, _ in rows)
     for row, cert in rows:
-        print(_status_line(row, cert, now, width))
+        cached = row.get("tokens_cached")
+        tail = f", {cached} token{'' if cached == 1 else 's'} cached" if cached else ""
+        print(_status_line(row, cert, now, width) + tail)
     return 0 if ok else 1
 
 
@@ -431,11 +466,14 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def _cmd_purge(args: argparse.Namespace) -> int:
     client = _client(args)
-    n = 0 if _store_missing(client) else client.purge()
+    missing = _store_missing(client)
+    tokens = 0 if missing else len(client.cached_tokens())
+    n = 0 if missing else client.purge()
     if args.json:
-        _print_json({"removed": n})
+        _print_json({"removed": n, "tokens_removed": tokens})
     else:
-        print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} and {tokens} cached "
+              f"token{'' if tokens == 1 else 's'}")
     return 0
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     import urllib3
 
+    from ._shared_tokens import CachedToken, SharedTokens
     from ._token_cache import TokenManager
     from .backends.contract import KeyMaterial
     from .wire._imds import ImdsClient, PlatformMetadata, RetryPolicy
@@ -47,6 +48,8 @@ __all__ = ["ManagedIdentityClient"]
 log = LazyLogger("msicert")
 
 ENV_ISSUER = "MSICERT_ISSUER"
+ENV_TOKEN_CACHE = "MSICERT_TOKEN_CACHE"
+TOKEN_CACHE_MODES = ("shared", "process")
 ATTESTATION_MARKER_SECONDS = 3600.0
 """How long other processes skip minting after IMDS said this host issues only to attested
 keys (this process: for its whole life)."""
@@ -70,6 +73,19 @@ def imds_worst_case(policy: RetryPolicy, connect_timeout: float, read_timeout: f
 
 
 _live: weakref.WeakSet[ManagedIdentityClient] | None = None  # clients with pools (fork)
+_token_classes: tuple[type[TokenManager], type[SharedTokens]] | None = None
+
+
+def _token_types() -> tuple[type[TokenManager], type[SharedTokens]]:
+    """The token leg's classes, imported at the first token (an import statement in a
+    function costs about 2 us a call: a new client's first token pays it otherwise)."""
+    global _token_classes
+    if _token_classes is None:
+        from ._shared_tokens import SharedTokens
+        from ._token_cache import TokenManager
+
+        _token_classes = (TokenManager, SharedTokens)
+    return _token_classes
 
 
 @_fork.in_child
@@ -188,6 +204,12 @@ class ManagedIdentityClient:
     answering ``invalid_client`` (revocation): msicert mints with ``bypass_cache=true`` and
     retries, with growing pauses, until ESTS accepts or the time is up.
 
+    ``token_cache``: ``"shared"`` (the default, else ``$MSICERT_TOKEN_CACHE``) keeps each
+    ``mtls_pop`` token ESTS issues in the store too (a 0600 file beside the certificate; on
+    Windows a DPAPI-encrypted file under the user's local application data), so other
+    processes of the user find it instead of asking ESTS; ``"process"`` keeps tokens in this
+    client's memory only. Memory is always looked at first.
+
     ``min_strength`` (``"bearer"``, ``"software"`` or ``"keyguard"``) is a floor on the
     binding strength: when this host cannot meet it, :class:`~msicert.MinStrengthNotMet`
     (naming the host's strength) is raised here, before any IMDS call; never a downgrade.
@@ -219,6 +241,7 @@ class ManagedIdentityClient:
         renewal_deadline: float = 10.0,
         remediation_timeout: float = 120.0,
         min_strength: str | None = None,
+        token_cache: str | None = None,
         # deprecated: the fields of imds_timeouts / ests_timeouts
         connect_timeout: float | _Unset = _UNSET,
         read_timeout: float | _Unset = _UNSET,
@@ -281,6 +304,8 @@ class ManagedIdentityClient:
         self._sleep = sleep
         self._token_manager: TokenManager | None = None
         self._token_manager_lock = threading.Lock()  # one manager (one token cache) per client
+        #: ``"shared"`` or ``"process"``: where tokens are cached besides memory.
+        self.token_cache = _token_cache_mode(token_cache)
         self._gate_cache: MintGate | None = None
 
     @property
@@ -650,20 +675,39 @@ class ManagedIdentityClient:
             return manager
         with self._token_manager_lock:
             if self._token_manager is None:
-                from ._token_cache import TokenManager
-
+                TokenManager = _token_types()[0]
                 self._token_manager = TokenManager(
-                    self, self._store.transport(), clock=self._clock, sleep=self._sleep,
-                    timeouts=self._ests_timeouts,
+                    self, None, make_transport=self._store.transport, clock=self._clock,
+                    sleep=self._sleep, timeouts=self._ests_timeouts,
+                    shared=self._shared_tokens() if self.token_cache == "shared" else None,
                 )
                 self._track_for_fork()
             return self._token_manager
+
+    def _shared_tokens(self) -> SharedTokens:
+        return _token_types()[1](self._store, self.identity, fetch_wait=self._token_fetch_wait)
+
+    def _token_fetch_wait(self) -> float:
+        """How long a token request waits for another process's request for the same
+        resource: that process may mint (:attr:`lock_wait`), remediate
+        (``remediation_timeout``) and ask ESTS twice."""
+        per_request = self._ests_timeouts.total or 60.0
+        return self.lock_wait + self.remediation_timeout + 2 * per_request + MINT_OVERHEAD
+
+    def cached_tokens(self) -> list[CachedToken]:
+        """The identity's tokens in the shared token cache, oldest first, whatever
+        ``token_cache`` says (no network call; ``repr`` never shows a token's text)."""
+        from ._shared_tokens import entries
+
+        return entries(self._store, self.identity)
 
     def acquire_token(self, resource: str, *, claims: str | None = None) -> AccessToken:
         """An ``mtls_pop`` access token for ``resource`` bound to the binding certificate.
 
         Served from the in-memory cache while valid (never past the certificate's NotAfter,
-        never for a rotated certificate). ``claims`` (a resource's claims challenge, JSON)
+        never for a rotated certificate), else (``token_cache="shared"``) from the shared
+        token cache, where another process may have left one (``source`` says
+        ``"shared_cache"`` then). ``claims`` (a resource's claims challenge, JSON)
         first replaces the certificate with a fresh one (``bypass_cache=true``), then asks
         ESTS with the claims; the new token replaces the cached one. ESTS answering
         ``invalid_client`` for a revoked certificate is remediated the same way, within
@@ -764,12 +808,17 @@ class ManagedIdentityClient:
                 log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
 
     def purge(self) -> int:
-        """Remove this identity's certificates from memory and store, and end any back-off;
-        return how many entries went."""
+        """Remove this identity's certificates from memory and store, its shared tokens
+        (whatever ``token_cache`` says), and end any back-off; return how many certificate
+        entries went."""
+        from ._shared_tokens import clear
+
         self.forget()
         with self._store.lock(self.identity, timeout=self.lock_wait).hold():
             self._gate.clear()
-            return self._store.purge(self.identity)
+            removed = self._store.purge(self.identity)
+        clear(self._store, self.identity)
+        return removed
 
     # --- bring your own HTTP client, lifecycle ---------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
@@ -805,7 +854,7 @@ class ManagedIdentityClient:
         self._imds_client = None  # its sockets are the parent's: dropped, never closed here
         manager = self._token_manager
         if manager is not None:
-            manager.after_fork_in_child(self._store.transport())
+            manager.after_fork_in_child(None)
 
     def close(self) -> None:
         """Close the IMDS and mTLS connection pools and drop the cached TLS contexts.
@@ -816,7 +865,7 @@ class ManagedIdentityClient:
         self._token_manager = None
         self._imds_client = None
         if tokens is not None:
-            tokens.tls.close()
+            tokens.close()
         if imds is not None:
             imds.close()
 
@@ -825,6 +874,21 @@ class ManagedIdentityClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _token_cache_mode(given: str | None) -> str:
+    """``given`` (ValueError unless one of :data:`TOKEN_CACHE_MODES`), else
+    ``$MSICERT_TOKEN_CACHE`` (another value is ignored with a WARNING), else ``"shared"``."""
+    if given is not None:
+        if given not in TOKEN_CACHE_MODES:
+            raise ValueError(f"token_cache must be 'shared' or 'process', not {given!r}")
+        return given
+    value = (os.environ.get(ENV_TOKEN_CACHE) or "").strip().lower()
+    if value and value not in TOKEN_CACHE_MODES:
+        log.warning_once(ENV_TOKEN_CACHE, "ignoring %s=%r: not 'shared' or 'process'; using "
+                         "'shared'", ENV_TOKEN_CACHE, value)
+        return "shared"
+    return value or "shared"
 
 
 def _check_validity(probe: BindingCertificate, now: float, cid: str) -> None:

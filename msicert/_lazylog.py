@@ -27,6 +27,7 @@ _hooks: list[Callable[[], None]] = []
 _active = False
 _shown = _WARNING  # the lowest level a pending hook will show
 _lock = threading.RLock()
+_warned: set[tuple[str, str]] = set()  # (key, message) of warning_once records already made
 
 
 @_fork.in_child
@@ -108,6 +109,16 @@ class LazyLogger:
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """``Logger.warning`` with the caller's location."""
         self.logger.warning(msg, *args, stacklevel=2, **kwargs)
+
+    def warning_once(self, key: str, msg: str, *args: Any) -> None:
+        """``Logger.warning``, once per process for ``key`` and the formatted message (a
+        condition met on every call, such as an unusable cache file, is said once)."""
+        seen = (key, msg % args)
+        with _lock:
+            if seen in _warned:
+                return
+            _warned.add(seen)
+        self.logger.warning(msg, *args, stacklevel=2)
 
     def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
         """``Logger.error`` with the caller's location."""

@@ -3,12 +3,12 @@ by ESTS calls for (revocation remediation, a claims challenge, a TLS alert)."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import ssl
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +24,8 @@ from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token,
 
 if TYPE_CHECKING:
     import urllib3
+
+    from ._shared_tokens import SharedTokens
 
 __all__ = ["MAX_CACHED", "MAX_RESPONSE", "CertificateSource", "TokenManager"]
 
@@ -101,6 +103,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _classify(exc: BaseException) -> tuple[_Failure, str]:
     """What a urllib3 error from the token request means, and a short why (no secrets)."""
     import http.client
+    import ssl  # not before a request failed: a shared-cache hit never loads it
 
     found: dict[_Failure, str] = {}
     for e in _chain(exc):
@@ -139,6 +142,8 @@ def _scrub(exc: BaseException) -> None:
     Error reporters that capture locals (Sentry and its kin) would find the Authorization
     header in urllib3's and http.client's frames. The stack itself (files, lines) is kept.
     """
+    import traceback
+
     for e in _chain(exc):
         if e.__traceback__ is not None:
             traceback.clear_frames(e.__traceback__)
@@ -186,29 +191,62 @@ class TokenManager:
     would exceed it, keys whose token can no longer be served go first, then the oldest ones.
     ``timeouts`` (the client's ``ests_timeouts``): ``connect`` and ``read`` bound each connect
     and each wait for bytes, ``total`` each ESTS request as a whole.
+
+    ``shared`` (:class:`~msicert._shared_tokens.SharedTokens`): the identity's token cache
+    shared with other processes, read when memory has no usable token and written with each
+    token ESTS issues; its per-scope lock makes a fetch single-flight across processes. The
+    transport is built by ``make_transport`` at its first use when ``transport`` is None, so a
+    token found in memory or in the shared cache never loads ``ssl`` or urllib3.
     """
 
     def __init__(
         self,
         source: CertificateSource,
-        transport: Transport,
+        transport: Transport | None,
         *,
         clock: Callable[[], float],
         sleep: Callable[[float], None] = time.sleep,
         timeouts: Timeouts = DEFAULT_ESTS_TIMEOUTS,
         server_error_delay: float = 1.0,
         max_cached: int = MAX_CACHED,
+        shared: SharedTokens | None = None,
+        make_transport: Callable[[], Transport] | None = None,
     ) -> None:
         self._client = source
         self._clock = clock
         self._sleep = sleep
         self._timeouts = timeouts
         self._server_error_delay = server_error_delay
-        self.tls = transport
+        self._tls = transport
+        self._tls_guard = threading.Lock()
+        self._make_transport = make_transport
+        self._shared = shared
         self._max_cached = max_cached
         self._slots: dict[str, _Slot] = {}  # insertion order = age
         self._slots_guard = threading.Lock()
         self._scopes: dict[str, str] = {}
+
+    @property
+    def tls(self) -> Transport:
+        """The mTLS transport (built at its first use)."""
+        tls = self._tls
+        if tls is None:
+            with self._tls_guard:
+                if self._tls is None:
+                    if self._make_transport is None:
+                        raise RuntimeError("TokenManager has no transport")
+                    self._tls = self._make_transport()
+                tls = self._tls
+        return tls
+
+    @tls.setter
+    def tls(self, transport: Transport) -> None:
+        self._tls = transport
+
+    def close(self) -> None:
+        """Close the transport's pools, if it was ever built."""
+        if self._tls is not None:
+            self._tls.close()
 
     def acquire(self, resource: str, claims: str | None = None) -> AccessToken:
         """A token for ``resource`` bound to the current certificate (cached when possible).
@@ -239,7 +277,9 @@ class TokenManager:
                 if (hit is not None and hit.x5t_s256 == cert.x5t_s256
                         and self._clock() < hit.refresh_on):
                     return hit.view
-                return self._fetch(slot, key, resource, None)
+                token = self._through_shared(slot, key, resource, cert)
+                assert token is not None  # a waiting call always has an answer
+                return token
 
     def _acquire_with_claims(self, resource: str, claims: str) -> AccessToken:
         with _correlation.operation():
@@ -258,7 +298,8 @@ class TokenManager:
             if done is not None and done[0] == claims and done[1] >= started:
                 log.debug("claims challenge for %s answered by a concurrent call", key)
                 return done[2]
-            token = self._fetch(slot, key, resource, claims, replace=challenged)
+            with self._single_flight(key):
+                token = self._fetch(slot, key, resource, claims, replace=challenged)
             slot.claims_done = (claims, time.monotonic(), token)
             return token
 
@@ -297,15 +338,74 @@ class TokenManager:
                 return current.view
             try:
                 # A refresh must not hold its caller as long as a first fetch may: the
-                # cached token is still good.
-                return self._fetch(slot, key, resource, None,
-                                   remediation=min(self._client.remediation_timeout,
-                                                   _REFRESH_REMEDIATION))
+                # cached token is still good (also while another process refreshes it).
+                token = self._through_shared(
+                    slot, key, resource, self._client.get_certificate(), wait=False,
+                    remediation=min(self._client.remediation_timeout, _REFRESH_REMEDIATION))
+                return hit.view if token is None else token
             except (TokenError, StoreError) as exc:
                 log.warning("token refresh failed; serving the cached token: %s", exc)
                 return hit.view
         finally:
             slot.lock.release()
+
+    # --- the shared token cache --------------------------------------------------------------
+    def _single_flight(self, key: str) -> AbstractContextManager[bool | None]:
+        shared = self._shared
+        return contextlib.nullcontext(None) if shared is None else shared.single_flight(key)
+
+    def _through_shared(
+        self, slot: _Slot, key: str, resource: str, cert: BindingCertificate, *,
+        wait: bool = True, remediation: float | None = None,
+    ) -> AccessToken | None:
+        """With ``slot.lock`` held and no fresh token in memory: the token another process
+        left in the shared cache for ``cert``, else one ESTS request while holding the
+        scope's cross-process lock (the others wait for it, then read its token).
+
+        A shared token past its refresh time is served when another process is refreshing
+        it or the refresh fails, as a cached one is. None: ``wait`` is off and another
+        process is asking ESTS (the caller serves what it has).
+        """
+        if self._shared is None:
+            return self._fetch(slot, key, resource, None, remediation=remediation)
+        due = self._adopt(slot, key, cert)
+        if due is not None and self._clock() < due.refresh_on:
+            return due.fresh
+        with self._shared.single_flight(key, wait=wait and due is None) as held:
+            if held is False:
+                return None if due is None else due.fresh
+            if held:  # the process we waited for (if any) has written its token by now
+                found = self._adopt(slot, key, self._client.get_certificate())
+                if found is not None and self._clock() < found.refresh_on:
+                    return found.fresh
+            try:
+                return self._fetch(slot, key, resource, None, remediation=remediation)
+            except (TokenError, StoreError) as exc:
+                if due is None or self._clock() >= due.serve_until:
+                    raise
+                log.warning("token refresh failed; serving the shared cached token: %s", exc)
+                return due.fresh
+
+    def _adopt(self, slot: _Slot, key: str, cert: BindingCertificate) -> _Cached | None:
+        """Put the shared cache's servable token for ``key`` and ``cert`` in memory when it is
+        newer than what memory holds, and return it (its first view says "shared_cache")."""
+        assert self._shared is not None
+        found = self._shared.get(key, cert.x5t_s256, self._clock())
+        if found is None:
+            return None
+        held = slot.cached
+        if (held is not None and held.x5t_s256 == found.x5t_s256
+                and held.refresh_on >= found.refresh_on):
+            return None  # memory's token is the same one, or newer
+        text = found.access_token
+        entry = _Cached(
+            AccessToken(text, "mtls_pop", found.expires_on, found.x5t_s256, "shared_cache",
+                        found.refresh_on),
+            AccessToken(text, "mtls_pop", found.expires_on, found.x5t_s256, "cache",
+                        found.refresh_on),
+            found.serve_until, found.refresh_on, found.x5t_s256)
+        self._store_slot(slot, key, entry)
+        return entry
 
     def current(self, use: Callable[[BindingCertificate], T]) -> tuple[BindingCertificate, T]:
         """``use(cert)`` for the current certificate, following a rotation or removal that
@@ -446,6 +546,8 @@ class TokenManager:
                 cached = slot.cached
                 if cached is not None and cached.x5t_s256 == x5t_s256:
                     slot.cached = None
+        if self._shared is not None:  # other processes never read them again either
+            self._shared.drop(x5t_s256, self._clock())
 
     def _post_with_retry(
         self, cert: BindingCertificate, resource: str, claims: str | None, cid: str,
@@ -526,20 +628,30 @@ class TokenManager:
         view = AccessToken(resp.access_token.reveal(), "mtls_pop", expires_on, cert.x5t_s256,
                            "cache", refresh_on)
         entry = _Cached(fresh, view, serve_until, refresh_on, cert.x5t_s256)
+        self._store_slot(slot, key, entry)
+        if self._shared is not None:  # replaces the token of this scope and certificate
+            from ._shared_tokens import CachedToken
+
+            self._shared.put(CachedToken(key, cert.x5t_s256, fresh.access_token, expires_on,
+                                         refresh_on, serve_until, now), now)
+        log.info("acquired mtls_pop token for %s bound to %s (expires_on %d, correlation_id=%s)",
+                 scope_for(key), cert.x5t_s256, expires_on, cid)
+        return fresh
+
+    def _store_slot(self, slot: _Slot, key: str, entry: _Cached) -> None:
         with self._slots_guard:
             slot.cached = entry
             if self._slots.get(key) is not slot:  # evicted while fetching: keep it anyway
                 if len(self._slots) >= self._max_cached:
                     self._make_room()
                 self._slots[key] = slot
-        log.info("acquired mtls_pop token for %s bound to %s (expires_on %d, correlation_id=%s)",
-                 scope_for(key), cert.x5t_s256, expires_on, cid)
-        return fresh
 
-    def after_fork_in_child(self, transport: Transport) -> None:
-        """In a forked child: new pools (the parent's sockets are never used), free locks.
-        Cached tokens stay: they are bound to a certificate, not to a connection."""
-        self.tls = transport
+    def after_fork_in_child(self, transport: Transport | None) -> None:
+        """In a forked child: new pools (the parent's sockets are never used; ``None``: built
+        at the next use), free locks. Cached tokens stay: they are bound to a certificate,
+        not to a connection."""
+        self._tls = transport
+        self._tls_guard = threading.Lock()
         self._slots_guard = threading.Lock()
         for slot in list(self._slots.values()):
             slot.lock = threading.Lock()

@@ -39,6 +39,12 @@ WinHTTP::
                   verify_server=True, max_body=None) -> HttpResponse(status, headers, body)
     https_open(...same...) -> HttpStream (.status, .headers, .read(amt), .close())
 
+DPAPI (crypt32)::
+
+    protect_data(data, *, entropy=b"") -> bytes     # user scope, CRYPTPROTECT_UI_FORBIDDEN
+    unprotect_data(blob, *, entropy=b"") -> bytes   # NativeError: another user's, other
+                                                    # entropy, or changed
+
 kernel32 / advapi32::
 
     named_mutex(name, timeout_ms) -> context manager yielding ``abandoned: bool``
@@ -78,6 +84,7 @@ from ._certstore import (
     set_friendly_name,
     store_commit,
 )
+from ._dpapi import protect_data, unprotect_data
 from ._errors import BackendUnavailableError, NativeError, NativeTimeoutError, WindowsRequiredError
 from ._handles import CertRef, CertStore, NativeHandle, NCryptKey, NCryptProvider, named_mutex
 from ._ncrypt import (
@@ -143,9 +150,11 @@ __all__ = [
     "open_key",
     "open_provider",
     "open_system_store",
+    "protect_data",
     "rsa_public_blob_to_spki",
     "set_friendly_name",
     "sign_pkcs1_sha256",
     "sign_pss_sha256",
     "store_commit",
+    "unprotect_data",
 ]

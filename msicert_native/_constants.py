@@ -37,6 +37,7 @@ CERT_FRIENDLY_NAME_PROP_ID: Final = 11  # wincrypt.h
 AT_KEYEXCHANGE: Final = 1  # wincrypt.h
 AT_SIGNATURE: Final = 2  # wincrypt.h
 CERT_NCRYPT_KEY_SPEC: Final = 0xFFFFFFFF  # wincrypt.h (CRYPT_KEY_PROV_INFO of a CNG key)
+CRYPTPROTECT_UI_FORBIDDEN: Final = 0x1  # dpapi.h (never show a DPAPI prompt)
 CRYPT_E_NOT_FOUND: Final = 0x80092004  # winerror.h
 CRYPT_E_EXISTS: Final = 0x80092005  # winerror.h
 ERROR_MORE_DATA: Final = 234  # winerror.h

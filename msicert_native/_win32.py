@@ -256,6 +256,30 @@ class Win32:
         context = self._p.cast("PCCERT_CONTEXT", pCertContext)[0]
         return self._p.bytes_at(context.pbCertEncoded, context.cbCertEncoded)
 
+    def _dpapi(self, name: str, data: bytes, entropy: bytes) -> bytes:
+        """CryptProtectData / CryptUnprotectData(data, NULL, entropy, NULL, NULL,
+        CRYPTPROTECT_UI_FORBIDDEN): the output blob's bytes, its LocalAlloc'd buffer freed."""
+        p = self._p
+        data_buffer, entropy_buffer = p.from_bytes(data or b"\0"), p.from_bytes(entropy or b"\0")
+        blob_in = p.new("CRYPT_DATA_BLOB *", {"cbData": len(data), "pbData": data_buffer})
+        salt = p.new("CRYPT_DATA_BLOB *", {"cbData": len(entropy), "pbData": entropy_buffer})
+        out = p.new("CRYPT_DATA_BLOB *")
+        self._bool(name, blob_in, p.NULL, salt if entropy else p.NULL, p.NULL, p.NULL,
+                   C.CRYPTPROTECT_UI_FORBIDDEN, out)
+        try:
+            return p.bytes_at(out[0].pbData, out[0].cbData)
+        finally:
+            p.fn("LocalFree")(out[0].pbData)
+
+    def crypt_protect_data(self, data: bytes, entropy: bytes) -> bytes:
+        """CryptProtectData for the current user (no description, no UI): the DPAPI blob."""
+        return self._dpapi("CryptProtectData", data, entropy)
+
+    def crypt_unprotect_data(self, blob: bytes, entropy: bytes) -> bytes:
+        """CryptUnprotectData (no UI): the plaintext; NativeError when ``blob`` was not
+        protected by this user with this ``entropy``, or was changed."""
+        return self._dpapi("CryptUnprotectData", blob, entropy)
+
     # ---- ncrypt --------------------------------------------------------------------------
 
     def ncrypt_open_storage_provider(self, pszProviderName: str, dwFlags: int) -> int:

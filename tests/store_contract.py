@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -9,7 +11,7 @@ import pytest
 
 from msicert import Identity
 from msicert._model import x5t_s256
-from msicert.backends.contract import CorruptEntry, KeyMaterial
+from msicert.backends.contract import MAX_TOKEN_CACHE_BYTES, CorruptEntry, KeyMaterial
 from msicert.backends.posix._software_key import SoftwareKey
 from tests.certgen import CLIENT, ISSUER_CN, der, make_cert, rsa_key
 
@@ -131,3 +133,51 @@ class StoreContract:
             store.put(UAMI, self.new_entry(store, cn=CLIENT, key_no=1), issuer_cn=ISSUER_CN)
         assert refused.value.keep is False
         assert store.find(UAMI, issuer_cn=ISSUER_CN).x5t_s256 == good.x5t_s256
+
+    # --- the shared token cache: bytes the core encodes (msicert._shared_tokens) -------------
+    def test_token_caches_are_read_back_as_written_one_per_identity_and_none_removes(self, store):
+        assert store.read_tokens(Identity()) is None
+        assert store.write_tokens(Identity(), b'{"system":1}') is True
+        assert store.write_tokens(UAMI, b'{"uami":1}') is True
+        assert store.read_tokens(Identity()) == b'{"system":1}'
+        assert store.read_tokens(UAMI) == b'{"uami":1}'
+        assert store.write_tokens(Identity(), b'{"system":2}') is True  # replaced whole
+        assert store.read_tokens(Identity()) == b'{"system":2}'
+        assert store.write_tokens(Identity(), None) is True
+        assert store.read_tokens(Identity()) is None
+        assert store.read_tokens(UAMI) == b'{"uami":1}'  # another identity's stays
+        assert store.write_tokens(Identity(), None) is True  # nothing to remove is no error
+        assert store.find(Identity(), issuer_cn=ISSUER_CN) is None  # no certificate entry
+
+    def test_a_token_cache_over_the_bound_is_ignored_with_one_warning(self, store, caplog):
+        assert store.write_tokens(UAMI, b"x" * (MAX_TOKEN_CACHE_BYTES + 1)) is True
+        with caplog.at_level(logging.WARNING, logger="msicert"):
+            assert store.read_tokens(UAMI) is None
+            assert store.read_tokens(UAMI) is None
+        warnings = [r for r in caplog.records if "shared token cache" in r.getMessage()]
+        assert len(warnings) == 1 and "larger than" in warnings[0].getMessage()
+        assert store.write_tokens(UAMI, b"{}") is True  # rebuilt by the next write
+        assert store.read_tokens(UAMI) == b"{}"
+
+    def test_a_scope_lock_excludes_other_holders_and_is_not_the_mint_lock(self, store):
+        scope = "https://vault.azure.net/.default"
+        seen: list[bool] = []
+
+        def try_hold(lock) -> None:
+            with lock.hold(blocking=False) as held:
+                seen.append(held)
+
+        def in_thread(lock) -> None:
+            t = threading.Thread(target=try_hold, args=(lock,))
+            t.start()
+            t.join(10)
+
+        with store.token_lock(Identity(), scope, timeout=5.0).hold() as held:
+            assert held is True
+            in_thread(store.token_lock(Identity(), scope, timeout=5.0))  # busy
+            in_thread(store.lock(Identity(), timeout=5.0))  # a mint may start meanwhile
+            in_thread(store.token_lock(Identity(), None, timeout=5.0))  # and a write
+        with store.lock(Identity(), timeout=5.0).hold():
+            in_thread(store.token_lock(Identity(), scope, timeout=5.0))  # a fetch during a mint
+        in_thread(store.token_lock(Identity(), scope, timeout=5.0))  # released
+        assert seen == [False, True, True, True, True]

@@ -228,7 +228,8 @@ def test_status_all_lists_every_identity_with_a_lifetime_bar(emu, store_dir):
     fresh = next(r for r in doc["identities"] if r["identity"] == "system")
     assert set(fresh) == {"identity", "state", "reason", "x5t_s256", "not_before",
                           "renew_after", "not_after", "renews_in_seconds",
-                          "expires_in_seconds", "client_id", "store"}
+                          "expires_in_seconds", "client_id", "store", "tokens_cached"}
+    assert fresh["tokens_cached"] == 0  # `cert` fetches no token
     assert isinstance(fresh["expires_in_seconds"], int)
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fresh[k])
                for k in ("not_before", "renew_after", "not_after"))  # whole seconds

@@ -875,6 +875,7 @@ def test_control_api_drives_faults_config_stats_and_reset(emulator):
         "backdate": 0.0,
         "token_lifetime": 3600.0,
         "require_attestation": False,
+        "issuer_cn": "managedidentitysnissuer.login.microsoft.com",
     }
     assert emulator.lifetime == 120.0
     _, certificate = mint(emulator)
@@ -1014,3 +1015,19 @@ def test_decode_token_payload_refuses_what_is_not_a_jwt():
     with pytest.raises(ValueError):
         decode_token_payload("a.!!!.c")
     assert decode_token_payload("e30.eyJhIjoxfQ.c2ln") == {"a": 1}
+
+
+def test_control_api_issues_under_a_sovereign_issuer_name_and_refuses_unknown_ones(emulator):
+    from msicert.emulator._ca import ISSUER_CN, SOVEREIGN_ISSUER_CN
+
+    status, config = control(emulator, "POST", "config", {"issuer_cn": SOVEREIGN_ISSUER_CN})
+    try:
+        assert status == 200 and config["issuer_cn"] == SOVEREIGN_ISSUER_CN
+        _, certificate = mint(emulator)
+        assert certificate.issuer.rfc4514_string() == f"CN={SOVEREIGN_ISSUER_CN}"
+        status, body = control(emulator, "POST", "config", {"issuer_cn": "evil.example"})
+        assert status == 400 and "issuer_cn must be one of" in body["error_description"]
+    finally:
+        control(emulator, "POST", "config", {"issuer_cn": ISSUER_CN})
+    with pytest.raises(ValueError, match="issuer_cn must be one of"):
+        emulator.issuer_cn = "evil.example"

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
     from ..wire._imds import PlatformMetadata
 
-__all__ = ["CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool", "Response",
-           "StaleCertificate", "Store", "Transport", "thread_lock"]
+__all__ = ["MAX_TOKEN_CACHE_BYTES", "CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool",
+           "Response", "StaleCertificate", "Store", "Transport", "thread_lock"]
+
+MAX_TOKEN_CACHE_BYTES = 256 * 1024
+"""The most a store keeps (and reads) of one identity's shared token cache."""
 
 
 class CorruptEntry(StoreError):
@@ -208,6 +211,24 @@ class Store(Protocol):
     def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
         """Replace the note atomically (``None`` removes it), with the identity's lock held.
         Never raises: a note that cannot be written only loses its advice."""
+
+    def read_tokens(self, identity: Identity) -> bytes | None:
+        """The identity's shared token cache as :meth:`write_tokens` last wrote it, or None:
+        none, or one this store will not read (not a regular file of this user's, open to other
+        users, over :data:`MAX_TOKEN_CACHE_BYTES`, not decryptable by this user), which is
+        logged once at WARNING and replaced by the next write. Never raises."""
+
+    def write_tokens(self, identity: Identity, data: bytes | None) -> bool:
+        """Replace the identity's shared token cache atomically (``None`` removes it), with
+        ``token_lock(identity, None)`` held; a crash at any instant leaves the old or the new
+        bytes. False when it could not be written (full disk, read-only store: logged once).
+        Never raises."""
+
+    def token_lock(self, identity: Identity, scope: str | None, *, timeout: float) -> Lock:
+        """Cross-process locks of the shared token cache, apart from :meth:`lock` (which a
+        mint holds): ``scope`` makes the ESTS requests for that scope single-flight (its
+        holder may take :meth:`lock` inside it, never the other way round); ``None`` guards
+        writes of the cache (held briefly; no other lock is taken inside it)."""
 
     def generate_key(self, identity: Identity) -> KeyMaterial:
         """A new RSA-2048 key of the kind this store keeps (file, keyguard, software-ksp)."""

@@ -55,9 +55,10 @@ class TestWindowsStoreContract(StoreContract):
     the store itself, no wrapper (its own generate_key makes the CNG key each entry carries)."""
 
     @pytest.fixture
-    def store(self) -> Iterator[Any]:
+    def store(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
         from msicert.backends.windows._cert_store import WindowsStore
 
+        monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "LocalAppData"))  # token caches
         ws = WindowsStore("current-user")
         for identity in _identities():
             ws.purge(identity)

@@ -1,6 +1,7 @@
 """The portable backend: the default off Windows, and on Windows when ``store_dir`` is given.
 
-``_file_store`` (PEM files under ``~/.config/msal/certs``), ``_software_key`` (an exportable
+``_file_store`` (PEM files under ``~/.config/msal/certs``, and each identity's shared token
+cache beside its entry), ``_software_key`` (an exportable
 RSA key), ``_flock`` (``flock`` / ``msvcrt.locking`` single-flight lock), ``_ssl_transport``
 (``ssl`` contexts and urllib3 pools per certificate) and ``_trust`` (the extra CA bundle).
 May import the core, :mod:`msicert.wire` and :mod:`msicert.backends.contract`; never

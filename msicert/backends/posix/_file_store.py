@@ -30,7 +30,7 @@ from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..._secret import Secret
-from ..contract import CorruptEntry, NewEntry
+from ..contract import MAX_TOKEN_CACHE_BYTES, CorruptEntry, NewEntry
 from ._flock import IdentityLock
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ log = LazyLogger("msicert")
 
 MAX_ENTRY_BYTES = 64 * 1024  # a real entry is ~3.5 KiB; anything larger is not ours
 _MAX_NOTE = 4096
+_TOKEN_LOCKS = 8  # ESTS requests of different scopes hash to 8 lock files per identity
 MAGIC = "msicert-entry: 1"
 _META = ("identity", "client_id", "tenant_id", "mtls_endpoint", "identity_type")
 # Recorded at mint time (base64 of the DER names): the entry is identified by them, so a
@@ -88,6 +89,41 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
 
 
+def _read_private(path: str, limit: int, forbidden: int) -> tuple[bytes | None, str]:
+    """``(bytes, "")`` of a regular file of ours of at most ``limit`` bytes whose mode has none
+    of the ``forbidden`` bits; else ``(None, why)`` (``why`` empty when there is no file)."""
+    try:
+        fd = _nofollow(path, os.O_RDONLY | _O_BINARY)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or "unreadable"
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if _foreign_owner(st):
+            return None, _foreign_owner(st)
+        if _POSIX and mode & forbidden:
+            return None, f"mode {mode:04o} opens it to other users"
+        if st.st_size > limit:
+            return None, f"larger than {limit} bytes"
+        data = os.read(fd, limit + 1)
+        while len(data) < st.st_size:  # a short read (rare for a regular file)
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            return None, f"larger than {limit} bytes"
+        return data, ""
+    except OSError as exc:
+        return None, exc.strerror or "unreadable"
+    finally:
+        os.close(fd)
+
+
 # (SHA-256 of the file bytes, identity, issuer CN) whose subject/issuer and key/certificate
 # checks passed in this process
 _verified: set[tuple[bytes, str, str]] = set()
@@ -101,6 +137,11 @@ def _fresh_memo_lock() -> None:
 # (SHA-256 of the file bytes, identity, issuer CN, path) -> the entry they parse to (bounded)
 _parsed: dict[tuple[bytes, Identity, str, str], BindingCertificate] = {}
 _PARSED_MAX = 64
+# token cache path -> (its lstat identity, the bytes read and checked): a new client re-reading
+# an unchanged cache costs one lstat. Every write renames a new inode, and any change in place
+# (content, mode, owner) moves mtime or ctime, so a changed file never matches.
+_token_reads: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+_TOKEN_READS_MAX = 16
 
 
 def _issuer_key(issuer_cn: str | None) -> str:
@@ -374,20 +415,7 @@ class FileStore:
     def read_note(self, identity: Identity, name: str) -> bytes | None:
         """The note file beside the lock (``msal_mtls[.<tag>].<name>``), if it is a small
         regular file of ours that nobody else can write."""
-        try:
-            fd = _nofollow(self._note_path(identity, name), os.O_RDONLY | _O_BINARY)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if (not stat.S_ISREG(st.st_mode) or _foreign_owner(st) or st.st_size > _MAX_NOTE
-                    or (_POSIX and stat.S_IMODE(st.st_mode) & 0o022)):
-                return None
-            return os.read(fd, _MAX_NOTE + 1)[:_MAX_NOTE]
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        return _read_private(self._note_path(identity, name), _MAX_NOTE, 0o022)[0]
 
     def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
         """Write (temp file, rename) or remove the note; an error is logged, never raised."""
@@ -401,6 +429,69 @@ class FileStore:
             self._atomic_write(path, Secret(data[:_MAX_NOTE]), sync=False)
         except (OSError, StoreError) as exc:
             log.debug("cannot write %s: %s", path, exc)
+
+    # --- shared token cache ------------------------------------------------------------------
+    def tokens_path(self, identity: Identity) -> str:
+        """``msal_mtls[.<tag>].tokens``: the identity's shared token cache (0600)."""
+        return self.path_for(identity)[: -len(".pem")] + ".tokens"
+
+    def read_tokens(self, identity: Identity) -> bytes | None:
+        """The token cache file, if it is a regular file of ours, mode 0600 or narrower, and
+        no larger than MAX_TOKEN_CACHE_BYTES; anything else is ignored (a WARNING once)."""
+        path = self.tokens_path(identity)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            st = None  # _read_private says why
+        ident = None if st is None else (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                         st.st_ctime_ns)
+        known = _token_reads.get(path)
+        if known is not None and known[0] == ident:
+            return known[1]
+        data, why = _read_private(path, MAX_TOKEN_CACHE_BYTES, 0o077)
+        if why:
+            log.warning_once(path, "ignoring shared token cache %s: %s; it is rebuilt at the "
+                             "next token", path, why)
+        if data is not None and ident is not None:
+            if len(_token_reads) >= _TOKEN_READS_MAX:
+                _token_reads.clear()
+            _token_reads[path] = (ident, data)
+        return data
+
+    def write_tokens(self, identity: Identity, data: bytes | None) -> bool:
+        """Atomically replace (temp file 0600, rename: a crash leaves the old or the new file)
+        or remove the token cache; an error is logged once, never raised."""
+        path = self.tokens_path(identity)
+        try:
+            if data is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                self._sweep(path)
+                return True
+            self._recheck_directory()
+            self._sweep(path)
+            self._atomic_write(path, Secret(data), sync=False)
+            return True
+        except (OSError, StoreError) as exc:
+            log.warning_once(path, "cannot write shared token cache %s (%s); tokens stay in "
+                             "this process", path, exc)
+            return False
+
+    def token_lock(self, identity: Identity, scope: str | None, *,
+                   timeout: float) -> IdentityLock:
+        """``msal_mtls[.<tag>].tokens-<n>.lock`` (one of 8, by the scope's hash) for a scope's
+        ESTS requests; ``msal_mtls[.<tag>].tokens.lock`` for writes of the cache. Never
+        deleted, like the identity's lock."""
+        self._recheck_directory()
+        base = self.path_for(identity)[: -len(".pem")] + ".tokens"
+        if scope is None:
+            return IdentityLock(base + ".lock", timeout=timeout,
+                                waiting_for="another process writing the token cache")
+        bucket = hashlib.sha256(scope.encode("utf-8")).digest()[0] % _TOKEN_LOCKS
+        return IdentityLock(f"{base}-{bucket}.lock", timeout=timeout,
+                            waiting_for="another process asking ESTS for the same token")
 
     def generate_key(self, identity: Identity) -> SoftwareKey:
         """RSA 2048 in memory; persisted only inside the 0600 entry file."""

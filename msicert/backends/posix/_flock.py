@@ -47,9 +47,11 @@ def _drop_inherited_locks() -> None:
 class IdentityLock:
     """Process-wide and cross-process mutual exclusion for one identity's lock file."""
 
-    def __init__(self, lock_path: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, lock_path: str, *, timeout: float = 120.0,
+                 waiting_for: str = "another process to finish minting") -> None:
         self.lock_path = lock_path
         self.timeout = timeout
+        self.waiting_for = waiting_for  # what the one line per wait says
         self._thread = thread_lock(os.path.abspath(lock_path))
 
     @contextlib.contextmanager
@@ -98,9 +100,9 @@ class IdentityLock:
                         return None
                     if not waiting:  # one line per wait: the CLI shows it on stderr
                         waiting = True
-                        log.info("waiting for another process to finish minting (lock %s, "
-                                 "up to %.0f s)", self.lock_path,
-                                 max(0.0, deadline - time.monotonic()), extra={"wait": True})
+                        log.info("waiting for %s (lock %s, up to %.0f s)", self.waiting_for,
+                                 self.lock_path, max(0.0, deadline - time.monotonic()),
+                                 extra={"wait": True})
                     if time.monotonic() >= deadline:
                         raise StoreError(
                             f"timed out after {self.timeout:.0f} s waiting for another process "

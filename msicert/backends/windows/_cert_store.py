@@ -40,7 +40,7 @@ from ..._identity import Identity
 from ..._lazylog import LazyLogger
 from ..._model import BindingCertificate, x5t_s256
 from ..contract import CorruptEntry, NewEntry, StaleCertificate
-from . import _cleanup
+from . import _cleanup, _token_file
 from ._mutex import PERSIST_WAIT, MutexLock, SharedStoreLock, mutex_names
 from ._ncrypt_key import (
     KIND_KEYGUARD,
@@ -528,6 +528,19 @@ class WindowsStore:
 
     def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
         """Nothing to write (see :meth:`read_note`)."""
+
+    def read_tokens(self, identity: Identity) -> bytes | None:
+        """The identity's shared token cache: a DPAPI blob under the user's local application
+        data (:mod:`._token_file`)."""
+        return _token_file.read(self.location, identity)
+
+    def write_tokens(self, identity: Identity, data: bytes | None) -> bool:
+        """Encrypt (DPAPI, current user) and atomically replace the token cache."""
+        return _token_file.write(self.location, identity, data)
+
+    def token_lock(self, identity: Identity, scope: str | None, *, timeout: float) -> MutexLock:
+        """Per-user named mutexes of the token cache (:func:`._token_file.lock`)."""
+        return _token_file.lock(self.location, identity, scope, timeout=timeout)
 
     def generate_key(self, identity: Identity) -> NCryptRsaKey:
         """The shared binding key (KeyGuard, else HardwareRSAKey); created or replaced under

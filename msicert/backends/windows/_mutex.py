@@ -109,10 +109,12 @@ class MutexLock:
     is then limited to this logon session.
     """
 
-    def __init__(self, name: str, *, timeout: float = 120.0, fallback: str | None = None) -> None:
+    def __init__(self, name: str, *, timeout: float = 120.0, fallback: str | None = None,
+                 waiting_for: str = "another process to finish minting") -> None:
         self.name = name
         self.fallback = fallback
         self.timeout = timeout
+        self.waiting_for = waiting_for  # what the one line per wait says
         self._thread = thread_lock("mutex:" + name)
 
     @contextlib.contextmanager
@@ -134,8 +136,8 @@ class MutexLock:
                         yield False
                         return
                     # One line per wait: the CLI shows it on stderr (as the POSIX flock does).
-                    log.info("waiting for another process to finish minting (mutex %s, up to "
-                             "%.0f s)", self.name, self.timeout, extra={"wait": True})
+                    log.info("waiting for %s (mutex %s, up to %.0f s)", self.waiting_for,
+                             self.name, self.timeout, extra={"wait": True})
                     try:
                         _enter(stack, self.name, self.fallback, int(self.timeout * 1000))
                     except msicert_native.NativeTimeoutError as exc:
