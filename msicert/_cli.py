@@ -468,12 +468,15 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     client = _client(args)
     missing = _store_missing(client)
     tokens = 0 if missing else len(client.cached_tokens())
-    n = 0 if missing else client.purge()
+    gone = [] if missing else client.purge()
+    n = len(gone)
     if args.json:
-        _print_json({"removed": n, "tokens_removed": tokens})
+        _print_json({"removed": n, "entries": gone, "tokens_removed": tokens})
     else:
         print(f"removed {n} entr{'y' if n == 1 else 'ies'} and {tokens} cached "
               f"token{'' if tokens == 1 else 's'}")
+        for x5t in gone:
+            print(f"  {x5t}")
     return 0
 
 

@@ -807,10 +807,10 @@ class ManagedIdentityClient:
             if self._store.remove(self.identity, x5t_s256):
                 log.info("evicted certificate %s for %s", x5t_s256, self.identity.alias)
 
-    def purge(self) -> int:
+    def purge(self) -> list[str]:
         """Remove this identity's certificates from memory and store, its shared tokens
-        (whatever ``token_cache`` says), and end any back-off; return how many certificate
-        entries went."""
+        (whatever ``token_cache`` says), and end any back-off; return the thumbprints
+        (x5t#S256) of the certificate entries that went."""
         from ._shared_tokens import clear
 
         self.forget()

@@ -112,11 +112,12 @@ class StoreContract:
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is None
         assert store.remove(Identity(), stored.x5t_s256) is False
 
-    def test_purge_removes_only_that_identity(self, store):
+    def test_purge_removes_only_that_identity_and_names_what_went(self, store):
         store.put(Identity(), self.new_entry(store), issuer_cn=ISSUER_CN)
-        store.put(UAMI, self.new_entry(store, cn=UAMI.value, key_no=1), issuer_cn=ISSUER_CN)
-        assert store.purge(UAMI) == 1
-        assert store.purge(UAMI) == 0
+        uami = store.put(UAMI, self.new_entry(store, cn=UAMI.value, key_no=1),
+                         issuer_cn=ISSUER_CN)
+        assert store.purge(UAMI) == [uami.x5t_s256]
+        assert store.purge(UAMI) == []
         assert store.find(UAMI, issuer_cn=ISSUER_CN) is None
         assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
 

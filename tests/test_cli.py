@@ -69,14 +69,18 @@ def test_status_reports_a_corrupt_entry(store_dir):
     assert json.loads(proc.stdout)["state"] == "corrupt"
 
 
-def test_purge_removes_only_the_selected_identity(emu, store_dir):
+def test_purge_removes_only_the_selected_identity_and_lists_what_went(emu, store_dir):
     cli_json("cert", "--store-dir", store_dir)
-    cli_json("cert", "--client-id", UAMI, "--store-dir", store_dir)
+    uami = cli_json("cert", "--client-id", UAMI, "--store-dir", store_dir)
     proc = run_cli("purge", "--client-id", UAMI, "--store-dir", store_dir)
     assert proc.returncode == 0 and "removed 1 entry" in proc.stdout
+    assert proc.stdout.splitlines()[1:] == [f"  {uami['x5t_s256']}"]
     assert sorted(n for n in os.listdir(store_dir) if n.endswith(".pem")) == ["msal_mtls.pem"]
     assert run_cli("purge", "--client-id", UAMI, "--store-dir", store_dir).stdout.startswith(
         "removed 0 entries")
+    again = cli_json("cert", "--client-id", UAMI, "--store-dir", store_dir)
+    out = cli_json("purge", "--client-id", UAMI, "--store-dir", store_dir)
+    assert out["removed"] == 1 and out["entries"] == [again["x5t_s256"]]
 
 
 def test_identity_flags_are_mutually_exclusive_and_validated(store_dir):

@@ -197,8 +197,10 @@ class Store(Protocol):
     def remove(self, identity: Identity, x5t_s256: str | None = None) -> bool:
         """Remove the identity's entry (only if it still holds ``x5t_s256`` when given)."""
 
-    def purge(self, identity: Identity) -> int:
-        """Remove every entry of ``identity``; return how many went."""
+    def purge(self, identity: Identity) -> list[str]:
+        """Remove every entry of ``identity``; return what went: each entry's certificate
+        thumbprint (x5t#S256), or ``"unreadable entry"`` for one whose certificate could not
+        be read."""
 
     def lock(self, identity: Identity, *, timeout: float) -> Lock:
         """The cross-process single-flight lock for ``identity``."""

@@ -536,7 +536,7 @@ def test_purge_while_another_process_holds_the_store_mutex_is_an_error_and_remov
             pytest.raises(StoreError, match="MSAL_MI_P_"):
         client.purge()  # purge covers both variants
     assert in_store(cert.der)
-    assert client.purge() == 1 and not in_store(cert.der)
+    assert len(client.purge()) == 1 and not in_store(cert.der)
 
 
 def test_removal_while_another_process_holds_the_store_mutex_is_skipped(
@@ -597,7 +597,7 @@ def test_resource_id_that_merely_starts_with_ours_is_neither_hit_nor_pruned_nor_
         cert = client.get_certificate()
         assert cert.source == "imds" and issue_count() == before + 1  # not a store hit
         assert in_store(valid["der"]) and in_store(stale)  # not pruned as ours
-        assert client.purge() == 1
+        assert len(client.purge()) == 1
         assert in_store(valid["der"]) and in_store(stale)
     finally:
         drop(valid["der"], stale)
@@ -623,7 +623,7 @@ def test_purging_an_old_msicert_entry_deletes_its_own_key_and_never_a_shared_one
     real = _cleanup.delete_key
     monkeypatch.setattr(_cleanup, "delete_key",
                         lambda n, p, m: (deleted.append(n), real(n, p, m))[1])
-    assert client.purge() == 1 and not in_store(issued["der"])
+    assert len(client.purge()) == 1 and not in_store(issued["der"])
     assert deleted == [name]
 
 

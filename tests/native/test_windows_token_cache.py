@@ -146,6 +146,6 @@ def test_a_new_msicert_token_process_is_served_from_the_cache_with_zero_ests_cal
     status = json.loads(_msicert(emulator_store, "status", "--json").stdout)
     assert status["tokens_cached"] == 1 and "eyJ.wine-shared.token" not in json.dumps(status)
     purged = _msicert(emulator_store, "purge")
-    assert purged.stdout == "removed 1 entry and 1 cached token\n"
+    assert purged.stdout.splitlines() == ["removed 1 entry and 1 cached token", f"  {x5t}"]
     assert not (Path(emulator_store["LOCALAPPDATA"]) / "msicert" / "tokens" /
                 "current-user.tokens").exists()

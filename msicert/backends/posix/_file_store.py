@@ -845,11 +845,12 @@ class FileStore:
         except (OSError, ValueError, binascii.Error):
             return None
 
-    def purge(self, identity: Identity) -> int:
+    def purge(self, identity: Identity) -> list[str]:
         """Remove the identity's entry, its stray temp files and its notes (a purge starts
-        afresh: no back-off either)."""
+        afresh: no back-off either); return the thumbprint of what went."""
         self._recheck_directory()
         path = self.path_for(identity)
         self._sweep(path)
         self.write_note(identity, "backoff", None)
-        return 1 if self.remove(identity) else 0
+        x5t = self._x5t_at(path)
+        return [x5t or "unreadable entry"] if self.remove(identity) else []

@@ -484,13 +484,13 @@ class WindowsStore:
                         slot.ref.close()
         return removed
 
-    def purge(self, identity: Identity) -> int:
+    def purge(self, identity: Identity) -> list[str]:
         """Remove every entry of ``identity``, both variants, every issuer (and msicert's old
-        keys); each is logged; return how many went. The tag and subject must be this
+        keys); each is logged; return their thumbprints. The tag and subject must be this
         identity's: another identity's and unreadable entries stay. StoreError when the
         store-write mutex stays busy (nothing is removed then)."""
         locks = [SharedStoreLock(reference_alias(identity, attested=a)) for a in (False, True)]
-        count = 0
+        gone: list[str] = []
         with locks[0].hold(PERSIST_WAIT) as held0, locks[1].hold(PERSIST_WAIT) as held1:
             if not (held0 and held1):
                 busy = locks[0] if not held0 else locks[1]
@@ -505,7 +505,7 @@ class WindowsStore:
                             _cleanup.delete_entry(store, slot.ref)
                             _probed.pop(this, None)
                             log.info("purged certificate %s (%s)", this, slot.fields["alias"])
-                            count += 1
+                            gone.append(this)
                 finally:
                     for slot in slots:
                         slot.ref.close()
@@ -514,7 +514,7 @@ class WindowsStore:
             if kept.location == self.location and kept.identity.alias == identity.alias:
                 del _unpersisted[x5t]
                 kept.ref.close()
-        return count
+        return gone
 
     def lock(self, identity: Identity, *, timeout: float) -> MutexLock:
         """msicert's single-flight mutex per user and identity (see :func:`mutex_names`)."""
