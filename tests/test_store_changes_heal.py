@@ -180,3 +180,60 @@ def test_mtls_transport_send_without_a_token_after_the_store_changed(
     _check_healed(client, emu, kind, first)
     assert emu.violations == []
 
+
+def _within(seconds: float, call):
+    """``call()`` in a daemon thread; fails the test (instead of hanging it) if it blocks."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except BaseException as exc:  # handed to the test thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still blocked after {seconds} s"
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]
+
+
+@pytest.mark.parametrize("use", ["acquire_token", "ssl_context"])
+def test_an_entry_replaced_by_a_fifo_is_a_stale_certificate_not_a_hang(
+        make_client, emu, store_dir, use):
+    client = make_client()
+    first = client.acquire_token(emu.resources.vault_resource).x5t_s256
+    path = client.store.path_for(client.identity)
+    subprocess.run(["sh", "-c", 'rm -f "$1" && mkfifo -m 600 "$1"', "sh", path], check=True,
+                   timeout=30)
+    client.close()
+    if use == "acquire_token":
+        _within(20, lambda: client.acquire_token("https://storage.azure.com"))
+    else:
+        _within(20, client.ssl_context)
+    assert emu.count("issuecredential") == 2  # the FIFO is no entry: one new certificate
+    assert client.get_certificate().x5t_s256 != first
+    assert os.path.isfile(path) and client.status().x5t_s256 == client.get_certificate().x5t_s256
+
+
+@pytest.mark.parametrize("use", ["acquire_token", "ssl_context"])
+def test_an_entry_replaced_by_a_directory_is_a_store_error_naming_it(
+        make_client, emu, store_dir, use):
+    from msicert import StoreError
+
+    client = make_client()
+    client.acquire_token(emu.resources.vault_resource)
+    path = client.store.path_for(client.identity)
+    subprocess.run(["sh", "-c", 'rm -f "$1" && mkdir -m 700 "$1"', "sh", path], check=True,
+                   timeout=30)
+    client.close()
+    call = (lambda: client.acquire_token("https://storage.azure.com")) \
+        if use == "acquire_token" else client.ssl_context
+    with pytest.raises(StoreError) as info:
+        _within(20, call)
+    assert path in str(info.value)
+    assert os.path.isdir(path)  # msicert never removes a directory it did not make
