@@ -218,3 +218,69 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_working
     assert _client_ports(client) >= parent_ports
     assert emu.violations == []
 
+
+def _holding_lock(lock) -> tuple[threading.Event, threading.Thread]:
+    """A parent thread inside ``lock`` (an internal one, taken directly: in real life a
+    thread holds it for microseconds, and a fork can land in them)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold, name="inside-a-lock", daemon=True)
+    thread.start()
+    assert held.wait(10)
+    return release, thread
+
+
+@pytest.mark.parametrize("inside", ["registry", "issued-map"])
+def test_a_child_forked_while_a_parent_thread_is_inside_the_sdk_credential_can_use_it(
+        make_client, emu, inside):
+    from azure.core.rest import HttpRequest
+
+    from msicert.azure import _issued, sdk_kwargs
+
+    client = make_client()
+    kw = sdk_kwargs(client)
+    kw["credential"].get_token_info(emu.resources.vault_resource)
+    lock = _issued._registries_lock if inside == "registry" else _issued.issued_for(client)._lock
+    release, holder = _holding_lock(lock)
+
+    def body(wait) -> dict:
+        kw2 = sdk_kwargs(client)  # the registry
+        token = kw2["credential"].get_token_info("https://storage.azure.com")  # the map
+        bearer = kw2["credential"].get_token_info(emu.resources.vault_resource).token
+        resp = kw2["transport"].send(HttpRequest(
+            "PUT", f"{emu.vault_url}/secrets/c?api-version=7.6", json={"value": "child"},
+            headers={"Authorization": f"Bearer {bearer}"}))
+        return {"type": token.token_type, "status": resp.status_code}
+
+    child = Child(body)
+    try:
+        result = child.result(timeout=15)
+    finally:
+        release.set()
+        holder.join(10)
+    assert result == {"type": "mtls_pop", "status": 200}
+    assert emu.violations == []
+
+
+def test_a_child_forked_while_a_parent_thread_is_inside_capabilities_can_ask_it(emu):
+    from msicert import _capabilities
+
+    _capabilities.capabilities(emu.imds_url, timeout=5)
+    release, holder = _holding_lock(_capabilities._lock)
+
+    def body(wait) -> dict:
+        caps = _capabilities.capabilities(emu.imds_url, timeout=5)
+        return {"strength": caps.max_binding_strength}
+
+    child = Child(body)
+    try:
+        result = child.result(timeout=15)
+    finally:
+        release.set()
+        holder.join(10)
+    assert result == {"strength": "software"}
