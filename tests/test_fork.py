@@ -284,3 +284,58 @@ def test_a_child_forked_while_a_parent_thread_is_inside_capabilities_can_ask_it(
         release.set()
         holder.join(10)
     assert result == {"strength": "software"}
+
+
+def test_a_child_forked_while_a_parent_thread_is_inside_a_log_handler_logs_and_mints(
+        make_client, emu):
+    import logging
+
+    class Blocking(logging.Handler):
+        """Holds its lock (``Handler.handle`` takes it around ``emit``) while the parent's
+        logging thread is inside."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            # msicert's own records only: the emulator (this process) logs below "msicert"
+            # too, and must not wait on the lock the parent's thread holds.
+            self.addFilter(lambda record: record.name == "msicert")
+            self.entered, self.let_go = threading.Event(), threading.Event()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+            if threading.current_thread().name == "logging-parent":
+                self.entered.set()
+                self.let_go.wait(60)
+
+    logger = logging.getLogger("msicert")
+    handler, level = Blocking(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        client = make_client()
+        client.get_certificate()
+        lock_release, lock_holder = _holding(client)
+        logging_thread = threading.Thread(
+            target=lambda: logger.warning("a parent thread logging at the fork"),
+            name="logging-parent", daemon=True)
+        logging_thread.start()
+        assert handler.entered.wait(10)
+
+        def body(wait) -> dict:
+            wait()
+            client.purge()
+            cert = client.get_certificate()  # logs at INFO: "minted certificate ..."
+            return {"source": cert.source,
+                    "minted": any(m.startswith("minted certificate") for m in handler.messages)}
+
+        child = Child(body)
+        lock_release.set()
+        lock_holder.join(10)
+        child.go()
+        result = child.result(timeout=20)
+    finally:
+        handler.let_go.set()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert result == {"source": "imds", "minted": True}
