@@ -31,12 +31,15 @@ from tests.conftest import cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 
-CHANGES = ("purge", "rm-rf", "mint-after-purge", "renewal")
+CHANGES = ("purge", "rm-rf", "junk", "mint-after-purge", "renewal", "claims-mint")
 # What the running client must mint after each change: nothing where a usable certificate
-# is in the store (another process put it there), one where the store holds none.
-CLIENT_MINTS = {"purge": 1, "rm-rf": 1, "mint-after-purge": 0, "renewal": 0}
+# is in the store (another process put it there), one where the store holds none (or junk).
+CLIENT_MINTS = {"purge": 1, "rm-rf": 1, "junk": 1, "mint-after-purge": 0, "renewal": 0,
+                "claims-mint": 0}
 # What the other process minted.
-OTHER_MINTS = {"purge": 0, "rm-rf": 0, "mint-after-purge": 1, "renewal": 1}
+OTHER_MINTS = {"purge": 0, "rm-rf": 0, "junk": 0, "mint-after-purge": 1, "renewal": 1,
+               "claims-mint": 1}
+CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
 
 # Renews the entry in another process: its clock is past the entry's renew_after.
 _RENEW = textwrap.dedent("""
@@ -63,6 +66,13 @@ def _change(kind: str, store_dir: str) -> None:
     if kind in ("purge", "mint-after-purge"):
         proc = run_cli("purge", "--store-dir", store_dir)
         assert (proc.returncode, proc.stdout.strip()) == (0, "removed 1 entry"), proc.stderr
+    if kind == "junk":  # another program overwrote the entry
+        subprocess.run(["sh", "-c", 'printf "not an entry\\n" > "$1"', "sh",
+                        os.path.join(store_dir, "msal_mtls.pem")], check=True, timeout=30)
+    if kind == "claims-mint":  # a claims challenge answered in another process
+        proc = run_cli("token", "--resource", "https://storage.azure.com", "--claims", CLAIMS,
+                       "--store-dir", store_dir)
+        assert proc.returncode == 0, proc.stderr
     if kind == "rm-rf":
         subprocess.run(["rm", "-rf", store_dir], check=True, timeout=30)
         assert not os.path.exists(store_dir)
