@@ -247,3 +247,32 @@ def test_an_entry_replaced_by_a_directory_is_a_store_error_naming_it(
         _within(20, call)
     assert path in str(info.value)
     assert os.path.isdir(path)  # msicert never removes a directory it did not make
+
+
+@pytest.mark.parametrize("kind", ["purge", "mint-after-purge"])
+def test_threads_that_find_the_store_changed_at_once_heal_with_one_mint_at_most(
+        make_client, emu, store_dir, kind):
+    import threading
+
+    client, first = _changed(make_client, emu, store_dir, kind)
+    client.close()
+    start, errors, bound = threading.Barrier(8), [], []
+
+    def call(n: int) -> None:
+        start.wait(10)
+        try:
+            if n % 2:
+                bound.append(client.acquire_token(f"https://r{n}.example").x5t_s256)
+            else:
+                client.ssl_context()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    current = _check_healed(client, emu, kind, first)
+    assert bound == [current] * 4
