@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import _fork
 from ._errors import MinStrengthNotMet, MsiCertError
 from ._identity import Identity
 
@@ -81,6 +82,14 @@ class Capabilities:
 
 
 _lock = threading.Lock()
+
+
+@_fork.in_child
+def _fresh_lock() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
 _keys: dict[tuple[str, str], tuple[str, str]] = {}
 _hosts: dict[tuple[str, str, str], Capabilities] = {}
 

@@ -730,7 +730,7 @@ class ManagedIdentityClient:
         The same certificate is presented in the TLS handshake and bound in the token.
         Returns the (preloaded) urllib3 response. ``url`` must be https (ValueError otherwise,
         raised before any connection). ``timeout`` bounds the whole request, however slowly
-        the server answers.
+        the server answers: when it runs out, the built-in TimeoutError naming the URL.
         """
         return self._tokens().request(
             method, url, resource=resource, body=body, headers=headers, timeout=timeout

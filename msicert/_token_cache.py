@@ -670,8 +670,10 @@ class TokenManager:
 
         ``url`` must be https: anything else raises ValueError before any token is acquired
         or any connection made (the token would travel in cleartext). ``timeout`` bounds the
-        whole request (a watchdog shuts the socket down when it passes); the body read is
-        capped at :data:`MAX_RESPONSE` bytes.
+        whole request (a watchdog shuts the socket down when it passes), however slowly the
+        server sends its head or body: when it runs out, TimeoutError (the built-in) naming
+        the URL and the timeout, caused by what urllib3 raised. The body read is capped at
+        :data:`MAX_RESPONSE` bytes.
         """
         import urllib3
 
@@ -685,17 +687,24 @@ class TokenManager:
             cert, pool = self.current(self.tls.pool)
         watch = Watchdog(timeout)
         try:
-            with watch:
-                resp: urllib3.BaseHTTPResponse = pool.request(
-                    method, url, body=body, headers=_with_authorization(headers, token),
-                    timeout=watch.clip(urllib3.Timeout(connect=timeout, read=timeout)),
-                    redirect=False, preload_content=False,
-                )
-                try:
-                    data = resp.read(MAX_RESPONSE + 1, decode_content=True)
-                finally:
-                    watch.disarm()
-                    resp.release_conn()
+            try:
+                with watch:
+                    resp: urllib3.BaseHTTPResponse = pool.request(
+                        method, url, body=body, headers=_with_authorization(headers, token),
+                        timeout=watch.clip(urllib3.Timeout(connect=timeout, read=timeout)),
+                        redirect=False, preload_content=False,
+                    )
+                    try:
+                        data = resp.read(MAX_RESPONSE + 1, decode_content=True)
+                    finally:
+                        watch.disarm()
+                        resp.release_conn()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                # The watchdog shut the socket down (whatever urllib3 made of that), or a
+                # connect or read timeout ran out: either way the time was up.
+                if watch.fired or _timed_out(exc):
+                    raise TimeoutError(f"{url} did not answer within {timeout:g} s") from exc
+                raise
             if watch.fired:
                 raise TimeoutError(f"{url} did not answer within {timeout:g} s")
             if len(data) > MAX_RESPONSE:
@@ -708,6 +717,16 @@ class TokenManager:
 
 MAX_RESPONSE = 64 * 1024 * 1024
 """The most :meth:`TokenManager.request` reads of a response body (bytes)."""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """True for urllib3's connect or read timeout (not a refused connection, which urllib3 2
+    makes a subclass of its connect timeout)."""
+    import urllib3
+
+    errors = urllib3.exceptions
+    return (isinstance(exc, (errors.ReadTimeoutError, errors.ConnectTimeoutError, TimeoutError))
+            and not isinstance(exc, errors.NewConnectionError))
 
 
 def _preloaded(resp: Any, data: bytes, url: str) -> urllib3.BaseHTTPResponse:

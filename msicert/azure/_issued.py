@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import _fork
+
 if TYPE_CHECKING:
     from .._client import ManagedIdentityClient
 
@@ -53,6 +55,7 @@ class IssuedTokens:
         self._clock = clock
         self._entries: OrderedDict[bytes, Issued] = OrderedDict()
         self._lock = threading.Lock()
+        _maps.add(self)
 
     def __len__(self) -> int:
         with self._lock:
@@ -88,6 +91,17 @@ class IssuedTokens:
 _registries: weakref.WeakKeyDictionary[ManagedIdentityClient, IssuedTokens] = (
     weakref.WeakKeyDictionary())
 _registries_lock = threading.Lock()
+_maps: weakref.WeakSet[IssuedTokens] = weakref.WeakSet()  # every map, for a fork
+
+
+@_fork.in_child
+def _fresh_locks() -> None:
+    """A forked child: a lock a parent thread held at the fork is free (the maps' entries
+    stay: they describe tokens, not connections)."""
+    global _registries_lock
+    _registries_lock = threading.Lock()
+    for issued in list(_maps):
+        issued._lock = threading.Lock()
 
 
 def issued_for(client: ManagedIdentityClient) -> IssuedTokens:

@@ -154,7 +154,8 @@ def default_directory() -> str:
 
     A relative ``XDG_CONFIG_HOME`` is ignored with a warning: the XDG Base Directory spec says
     such a value is invalid, and honouring it would put the store wherever the process happens
-    to run.
+    to run. A ``HOME`` that is set but empty or relative is a StoreError naming it (an unset
+    one falls back to the password database).
     """
     base = os.environ.get("XDG_CONFIG_HOME")
     if base and not os.path.isabs(base):
@@ -162,7 +163,9 @@ def default_directory() -> str:
                     "spec says to ignore it); using ~/.config", base)
         base = None
     if not base:
-        home = os.path.expanduser("~")
+        # An empty HOME is no home: expanduser would make it "/" (a store at /.config).
+        given = os.environ.get("HOME") if _POSIX else None
+        home = os.path.expanduser("~") if given is None else given
         if not os.path.isabs(home):
             raise StoreError(f"cannot place the default store: the home directory {home!r} "
                              "(HOME) is not an absolute path; set HOME, or give store_dir= "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 import sys
 import threading
 from collections import OrderedDict
@@ -37,6 +38,7 @@ __all__ = ["StaleCertificate", "TlsCache", "build_context", "load_entry"]
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as the entry must not block open
 
 
 def build_context(cert: BindingCertificate) -> ssl.SSLContext:
@@ -53,7 +55,8 @@ def build_context(cert: BindingCertificate) -> ssl.SSLContext:
 
 
 def _open(path: str) -> int:
-    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _O_NOFOLLOW | _O_CLOEXEC)
+    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+                   | _O_NONBLOCK)
 
 
 def _inode(st: os.stat_result) -> tuple[int, int]:
@@ -79,7 +82,8 @@ def load_entry(ctx: ssl.SSLContext, cert: BindingCertificate) -> None:
     """Load ``cert`` and its key into ``ctx`` from one inode of the store entry ``cert.store``.
 
     StaleCertificate when the entry no longer holds ``cert``: another process rotated it, or
-    it (or the whole directory) is gone or cannot be read any more.
+    it (or the whole directory) is gone, cannot be read any more, or is no regular file (a
+    FIFO or a directory planted in its place: never opened for blocking, never read).
     """
     stale = StaleCertificate(f"store entry {cert.store} no longer holds {cert.x5t_s256}")
     try:
@@ -93,10 +97,15 @@ def load_entry(ctx: ssl.SSLContext, cert: BindingCertificate) -> None:
         except OSError:
             raise stale from None  # removed between the two opens
         try:
-            inode = _inode(os.fstat(fd_cert))
-            if _inode(os.fstat(fd_key)) != inode:
-                raise stale  # renamed over between the two opens
-            if not _holds(fd_key, cert.cert_pem):
+            st = os.fstat(fd_cert)
+            inode = _inode(st)
+            if not stat.S_ISREG(st.st_mode) or _inode(os.fstat(fd_key)) != inode:
+                raise stale  # not a file, or renamed over between the two opens
+            try:
+                held = _holds(fd_key, cert.cert_pem)
+            except OSError:
+                held = False
+            if not held:
                 raise stale
             os.lseek(fd_key, 0, os.SEEK_SET)  # BSD's /dev/fd shares this offset with OpenSSL
             if sys.platform == "win32":  # no /dev/fd; a file being read cannot be renamed over
