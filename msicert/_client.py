@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import enum
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -94,46 +92,6 @@ def _reset_clients() -> None:
         client._after_fork_in_child()
 
 
-class _Unset(enum.Enum):
-    UNSET = "unset"  # a deprecated keyword that was not given (None is a value of some)
-
-
-_UNSET = _Unset.UNSET
-
-# deprecated keyword -> (the Timeouts keyword that replaces it, the field it sets)
-_LEGACY_TIMEOUTS = {
-    "connect_timeout": ("imds_timeouts", "connect"),
-    "read_timeout": ("imds_timeouts", "read"),
-    "deadline": ("imds_timeouts", "total"),
-    "ests_connect_timeout": ("ests_timeouts", "connect"),
-    "ests_read_timeout": ("ests_timeouts", "read"),
-    "ests_total_timeout": ("ests_timeouts", "total"),
-}
-
-
-def _timeouts(
-    group: str, given: Timeouts | None, default: Timeouts, legacy: dict[str, Any]
-) -> Timeouts:
-    """``given``, or ``default`` with the deprecated keywords of ``group`` applied (each with a
-    DeprecationWarning); both at once is a ValueError naming them."""
-    old = {k: v for k, v in legacy.items()
-           if v is not _UNSET and _LEGACY_TIMEOUTS[k][0] == group}
-    if given is not None and old:
-        raise ValueError(f"give {group}= or {', '.join(f'{k}=' for k in old)}, not both "
-                         f"({', '.join(old)} {'is' if len(old) == 1 else 'are'} deprecated)")
-    if given is not None:
-        return given
-    changes: dict[str, Any] = {}
-    for name, value in old.items():
-        fieldname = _LEGACY_TIMEOUTS[name][1]
-        warnings.warn(
-            f"{name}= is deprecated; use {group}=Timeouts(connect=..., read=..., total=...) "
-            f"({name} is its {fieldname!r})", DeprecationWarning, stacklevel=3)
-        check_seconds(name, value)
-        changes[fieldname] = value
-    return default.replace(**changes) if changes else default
-
-
 def _describe(exc: Exception) -> str:
     """Type and, for errors whose text we control or know to be plain, the message.
 
@@ -191,9 +149,7 @@ class ManagedIdentityClient:
     hung IMDS never holds such a caller longer. ``ests_timeouts`` (default
     ``Timeouts(connect=5, read=30, total=60)``): ``connect``/``read`` bound each connect and
     each wait for bytes of an ESTS request; ``total`` (``None`` = no bound) bounds each ESTS
-    request as a whole, however slowly ESTS trickles its answer. The keywords they replace
-    (``connect_timeout``, ``read_timeout``, ``deadline``, ``ests_connect_timeout``,
-    ``ests_read_timeout``, ``ests_total_timeout``) still work, with a DeprecationWarning.
+    request as a whole, however slowly ESTS trickles its answer.
 
     ``mint_backoff`` (a :class:`~msicert.Backoff`, default 1 s doubling to 5 min, jittered):
     after a failed mint, or a new certificate that ESTS refused, the identity's mints pause;
@@ -242,33 +198,12 @@ class ManagedIdentityClient:
         remediation_timeout: float = 120.0,
         min_strength: str | None = None,
         token_cache: str | None = None,
-        # deprecated: the fields of imds_timeouts / ests_timeouts
-        connect_timeout: float | _Unset = _UNSET,
-        read_timeout: float | _Unset = _UNSET,
-        deadline: float | _Unset | None = _UNSET,
-        ests_connect_timeout: float | _Unset = _UNSET,
-        ests_read_timeout: float | _Unset = _UNSET,
-        ests_total_timeout: float | _Unset | None = _UNSET,
     ) -> None:
         self.identity = Identity.from_selectors(
             client_id=client_id, object_id=object_id, resource_id=resource_id
         )
-        if (connect_timeout is read_timeout is deadline is ests_connect_timeout
-                is ests_read_timeout is ests_total_timeout is _UNSET):  # no old keyword given
-            self._imds_timeouts = (DEFAULT_IMDS_TIMEOUTS if imds_timeouts is None
-                                   else imds_timeouts)
-            self._ests_timeouts = (DEFAULT_ESTS_TIMEOUTS if ests_timeouts is None
-                                   else ests_timeouts)
-        else:
-            legacy: dict[str, Any] = {
-                "connect_timeout": connect_timeout, "read_timeout": read_timeout,
-                "deadline": deadline, "ests_connect_timeout": ests_connect_timeout,
-                "ests_read_timeout": ests_read_timeout, "ests_total_timeout": ests_total_timeout,
-            }
-            self._imds_timeouts = _timeouts("imds_timeouts", imds_timeouts,
-                                            DEFAULT_IMDS_TIMEOUTS, legacy)
-            self._ests_timeouts = _timeouts("ests_timeouts", ests_timeouts,
-                                            DEFAULT_ESTS_TIMEOUTS, legacy)
+        self._imds_timeouts = DEFAULT_IMDS_TIMEOUTS if imds_timeouts is None else imds_timeouts
+        self._ests_timeouts = DEFAULT_ESTS_TIMEOUTS if ests_timeouts is None else ests_timeouts
         check_seconds("lock_timeout", lock_timeout)
         check_seconds("renewal_deadline", renewal_deadline)
         check_seconds("remediation_timeout", remediation_timeout)

@@ -25,9 +25,9 @@ class Timeouts(Frozen):
     """Seconds for one network leg: ``connect`` bounds each connection attempt, ``read`` each
     wait for bytes, ``total`` (None: no bound of its own) the whole call.
 
-    For IMDS, ``total`` bounds all the IMDS work of one client call, retries included (it was
-    ``deadline=``); for ESTS it bounds each token request, however slowly ESTS trickles its
-    answer (it was ``ests_total_timeout=``). Change one field with
+    For IMDS, ``total`` bounds all the IMDS work of one client call, retries included; for
+    ESTS it bounds each token request, however slowly ESTS trickles its answer. Change one
+    field with
     ``DEFAULT_IMDS_TIMEOUTS.replace(total=30.0)``.
     """
 

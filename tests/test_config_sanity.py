@@ -87,11 +87,9 @@ def test_cli_with_a_relative_xdg_config_home_stores_under_home_not_the_working_d
     assert home_entry.exists()
 
 
-@pytest.mark.filterwarnings("ignore:.*is deprecated:DeprecationWarning")  # the old keywords
 @pytest.mark.parametrize(("option", "value"), [
-    ("connect_timeout", float("nan")), ("read_timeout", float("inf")), ("read_timeout", 0.0),
-    ("deadline", -1.0), ("lock_timeout", float("nan")), ("renewal_deadline", float("inf")),
-    ("ests_read_timeout", -5.0), ("remediation_timeout", float("nan")),
+    ("lock_timeout", float("nan")), ("renewal_deadline", float("inf")),
+    ("lock_timeout", -1.0), ("renewal_deadline", 0.0), ("remediation_timeout", float("nan")),
     ("remediation_timeout", 0.0),
 ])
 def test_client_refuses_durations_that_would_disable_their_bound(store_dir, option, value):

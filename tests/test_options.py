@@ -1,5 +1,5 @@
-"""Options grouped as urllib3 groups them: one ``Timeouts`` per network leg, the old keywords
-still accepted (with a DeprecationWarning), one way to choose a store."""
+"""Options grouped as urllib3 groups them: one ``Timeouts`` per network leg (the only way to
+give a timeout), one way to choose a store."""
 
 from __future__ import annotations
 
@@ -59,60 +59,12 @@ def test_ests_timeouts_reach_the_token_leg(make_client):
     assert make_client(ests_timeouts=t)._tokens()._timeouts is t
 
 
-LEGACY = [
-    ("connect_timeout", 1.5, "imds_timeouts", "connect"),
-    ("read_timeout", 4.0, "imds_timeouts", "read"),
-    ("deadline", 20.0, "imds_timeouts", "total"),
-    ("deadline", None, "imds_timeouts", "total"),
-    ("ests_connect_timeout", 1.0, "ests_timeouts", "connect"),
-    ("ests_read_timeout", 3.0, "ests_timeouts", "read"),
-    ("ests_total_timeout", 9.0, "ests_timeouts", "total"),
-    ("ests_total_timeout", None, "ests_timeouts", "total"),
-]
-
-
-@pytest.mark.parametrize(("keyword", "value", "group", "field"), LEGACY)
-def test_each_old_keyword_still_works_and_warns_at_the_caller(store_dir, keyword, value, group,
-                                                               field):
-    with pytest.warns(DeprecationWarning) as caught:
-        c = ManagedIdentityClient(store_dir=store_dir, **{keyword: value})
-    (warning,) = caught.list
-    message = str(warning.message)
-    assert message.startswith(f"{keyword}= is deprecated; use {group}=Timeouts(")
-    assert warning.filename == __file__  # points at the caller, not at msicert
-    got = getattr(c, group)
-    default = DEFAULT_IMDS_TIMEOUTS if group == "imds_timeouts" else DEFAULT_ESTS_TIMEOUTS
-    assert got == default.replace(**{field: value})
-
-
-def test_old_keywords_of_both_legs_combine_as_before(store_dir):
-    with pytest.warns(DeprecationWarning) as caught:
-        c = ManagedIdentityClient(store_dir=store_dir, connect_timeout=1.0, read_timeout=4.0,
-                                  deadline=20.0, ests_total_timeout=None)
-    assert len(caught.list) == 4
-    assert c.imds_timeouts == Timeouts(1.0, 4.0, 20.0)
-    assert c.ests_timeouts == Timeouts(5.0, 30.0, None)
-
-
-@pytest.mark.parametrize(("new", "old"), [
-    ("imds_timeouts", {"read_timeout": 4.0}),
-    ("imds_timeouts", {"deadline": None}),
-    ("ests_timeouts", {"ests_total_timeout": 1.0, "ests_connect_timeout": 1.0}),
-])
-def test_a_timeouts_object_and_an_old_keyword_of_its_leg_is_an_error_naming_both(store_dir, new,
-                                                                                 old):
-    with pytest.raises(ValueError) as info:
-        ManagedIdentityClient(store_dir=store_dir, **{new: Timeouts(1.0, 1.0)}, **old)
-    message = str(info.value)
-    assert message.startswith(f"give {new}= or ")
-    assert all(f"{k}=" in message for k in old) and "not both" in message
-
-
-def test_an_old_keyword_of_the_other_leg_combines_with_a_timeouts_object(store_dir):
-    with pytest.warns(DeprecationWarning, match="ests_read_timeout"):
-        c = ManagedIdentityClient(store_dir=store_dir, imds_timeouts=Timeouts(1.0, 2.0),
-                                  ests_read_timeout=3.0)
-    assert (c.imds_timeouts, c.ests_timeouts) == (Timeouts(1.0, 2.0), Timeouts(5.0, 3.0, 60.0))
+@pytest.mark.parametrize("keyword", ["connect_timeout", "read_timeout", "deadline",
+                                     "ests_connect_timeout", "ests_read_timeout",
+                                     "ests_total_timeout", "renewal_backoff"])
+def test_there_is_one_way_to_give_a_timeout(store_dir, keyword):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{keyword}'"):
+        ManagedIdentityClient(store_dir=store_dir, **{keyword: 1.0})
 
 
 def test_the_new_keywords_warn_about_nothing(store_dir):
