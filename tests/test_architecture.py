@@ -124,16 +124,20 @@ def _layer_violations(source: str, forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(("source", "forbidden"), [
     # the wire formats know no backend (the contract's types excepted) and no orchestration
     ("msicert.wire", ("msicert.backends.posix", "msicert.backends.windows", "msicert._client",
-                      "msicert._token_cache", "msicert._cli")),
-    # a backend never reaches the other backend, the client or the token cache
+                      "msicert._lifecycle", "msicert._mint", "msicert._token_cache",
+                      "msicert._cli")),
+    # a backend never reaches the other backend, the client, its lifecycle or the token cache
     ("msicert.backends.posix", ("msicert.backends.windows", "msicert._client",
-                                "msicert._token_cache")),
+                                "msicert._lifecycle", "msicert._mint", "msicert._token_cache")),
     ("msicert.backends.windows", ("msicert.backends.posix", "msicert._client",
+                                  "msicert._lifecycle", "msicert._mint",
                                   "msicert._token_cache")),
     # the contract is the bottom of the backends: it names no backend
     ("msicert.backends.contract", ("msicert.backends.posix", "msicert.backends.windows")),
     # the client and the token leg see backends only through the contract and default_store
     ("msicert._client", ("msicert.backends.posix", "msicert.backends.windows")),
+    ("msicert._lifecycle", ("msicert.backends.posix", "msicert.backends.windows")),
+    ("msicert._mint", ("msicert.backends.posix", "msicert.backends.windows")),
     ("msicert._token_cache", ("msicert.backends.posix", "msicert.backends.windows")),
 ])
 def test_layers_import_one_way(source: str, forbidden: tuple[str, ...]) -> None:

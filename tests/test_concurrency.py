@@ -221,7 +221,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
 
 def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
     from msicert import ManagedIdentityClient
-    from msicert._client import MINT_OVERHEAD, imds_worst_case
+    from msicert._mint import MINT_OVERHEAD, imds_worst_case
     from msicert.wire._imds import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from msicert import Backoff, Identity, ImdsError, MsiCertError, TokenError
-from msicert._client import _Minted
+from msicert._mint import Minted as _Minted
 from msicert.emulator import Fault
 from msicert.wire._imds import ImdsClient, RetryPolicy
 from tests.conftest import run_cli

@@ -218,7 +218,7 @@ def test_corrupt_entry_read_by_the_store_leaves_no_key_in_traceback_locals(
 
 
 def test_software_key_pem_and_mint_record_are_secrets():
-    from msicert._client import _Minted
+    from msicert._mint import Minted as _Minted
 
     key = SoftwareKey.generate()
     assert isinstance(key.key_pem, Secret) and b"PRIVATE KEY" in key.key_pem.reveal()
