@@ -313,7 +313,7 @@ def test_any_certificate_issuecredential_accepts_survives_what_the_client_does_w
         return
     from cryptography import x509
 
-    cert = x509.load_der_x509_certificate(issued.certificate_der)  # the mint's own steps (msicert._mint)
+    cert = x509.load_der_x509_certificate(issued.certificate_der)  # msicert._mint's steps
     cert.public_key().public_bytes(serialization.Encoding.DER,
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
     identity_mismatch(cert, Identity(), issuer_cn=ISSUER_CN, client_id=CID, tenant_id=CID)
