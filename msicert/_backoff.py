@@ -254,23 +254,11 @@ def _finite(value: Any) -> bool:
             and math.isfinite(value))
 
 
-_gates: dict[str, MintGate] = {}
-_gates_guard = threading.Lock()
+# A forked child keeps the windows (they describe IMDS, not this process), with free locks.
+_gates: _fork.Registry[str, MintGate] = _fork.Registry(
+    lambda key: MintGate(), after_fork=MintGate.reset_after_fork)
 
 
 def gate_for(key: str) -> MintGate:
     """The process's gate for ``key`` (a store location and an identity)."""
-    with _gates_guard:
-        gate = _gates.get(key)
-        if gate is None:
-            gate = _gates[key] = MintGate()
-        return gate
-
-
-@_fork.in_child
-def reset_after_fork() -> None:
-    """In a child process: every gate's lock, and the registry's, start free."""
-    global _gates_guard
-    _gates_guard = threading.Lock()
-    for gate in list(_gates.values()):
-        gate.reset_after_fork()
+    return _gates.get(key)

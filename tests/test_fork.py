@@ -245,7 +245,7 @@ def test_a_child_forked_while_a_parent_thread_is_inside_the_sdk_credential_can_u
     client = make_client()
     kw = sdk_kwargs(client)
     kw["credential"].get_token_info(emu.resources.vault_resource)
-    lock = _issued._registries_lock if inside == "registry" else _issued.issued_for(client)._lock
+    lock = _issued._registries._guard if inside == "registry" else _issued.issued_for(client)._lock
     release, holder = _holding_lock(lock)
 
     def body(wait) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +54,6 @@ class IssuedTokens:
         self._clock = clock
         self._entries: OrderedDict[bytes, Issued] = OrderedDict()
         self._lock = threading.Lock()
-        _maps.add(self)
 
     def __len__(self) -> int:
         with self._lock:
@@ -88,26 +86,17 @@ class IssuedTokens:
             return found
 
 
-_registries: weakref.WeakKeyDictionary[ManagedIdentityClient, IssuedTokens] = (
-    weakref.WeakKeyDictionary())
-_registries_lock = threading.Lock()
-_maps: weakref.WeakSet[IssuedTokens] = weakref.WeakSet()  # every map, for a fork
+    def reset_after_fork(self) -> None:
+        """In a forked child: the lock starts free (the entries stay: they describe tokens,
+        not connections)."""
+        self._lock = threading.Lock()
 
 
-@_fork.in_child
-def _fresh_locks() -> None:
-    """A forked child: a lock a parent thread held at the fork is free (the maps' entries
-    stay: they describe tokens, not connections)."""
-    global _registries_lock
-    _registries_lock = threading.Lock()
-    for issued in list(_maps):
-        issued._lock = threading.Lock()
+# One map per client, gone with the client.
+_registries: _fork.Registry[ManagedIdentityClient, IssuedTokens] = _fork.Registry(
+    lambda client: IssuedTokens(), weak=True, after_fork=IssuedTokens.reset_after_fork)
 
 
 def issued_for(client: ManagedIdentityClient) -> IssuedTokens:
     """The one map of ``client`` (shared by every credential and transport built on it)."""
-    with _registries_lock:
-        found = _registries.get(client)
-        if found is None:
-            found = _registries[client] = IssuedTokens()
-        return found
+    return _registries.get(client)

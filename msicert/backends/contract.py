@@ -239,23 +239,12 @@ class Store(Protocol):
         """The mTLS transport that can present this store's certificates."""
 
 
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
-
-
-@_fork.in_child
-def _fresh_thread_locks() -> None:
-    """A child starts with no thread lock held (a parent thread may have held one)."""
-    global _thread_locks_guard
-    _thread_locks_guard = threading.Lock()
-    _thread_locks.clear()
+# A forked child starts with none of them held: they are made anew (no after_fork).
+_thread_locks: _fork.Registry[str, threading.Lock] = _fork.Registry(
+    lambda key: threading.Lock())
 
 
 def thread_lock(key: str) -> threading.Lock:
     """The in-process half of every :class:`Lock`: one ``threading.Lock`` per key, shared by
     all clients of this process (the OS lock only excludes other processes)."""
-    with _thread_locks_guard:
-        lock = _thread_locks.get(key)
-        if lock is None:
-            lock = _thread_locks[key] = threading.Lock()
-        return lock
+    return _thread_locks.get(key)
