@@ -16,8 +16,9 @@ import pytest
 
 from msicert import Identity, ImdsResponseError, StoreError, TokenError
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
-from msicert.backends.posix._file_store import MAX_ENTRY_BYTES, FileStore
+from msicert.backends.posix import _store_read
+from msicert.backends.posix._file_store import FileStore
+from msicert.backends.posix._store_read import MAX_ENTRY_BYTES
 from msicert.emulator import Fault
 from msicert.wire._ests import _MAX_BODY as _MAX_TOKEN_BODY
 from msicert.wire._imds import _MAX_BODY, ImdsClient, RetryPolicy
@@ -122,7 +123,7 @@ def test_a_10_mb_store_file_is_corrupt_after_reading_at_most_max_entry_bytes(sto
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(_file_store.os, "read", counting_read)
+    monkeypatch.setattr(_store_read.os, "read", counting_read)
 
     def find():
         with pytest.raises(CorruptEntry, match="larger than") as info:

@@ -27,13 +27,13 @@ ISSUER = "managedidentitysnissuer.login.microsoft.com"
 RACER = r"""
 import os, sys, time
 import msicert._cli as cli
-import msicert.backends.posix._file_store as sf
+import msicert.backends.posix._store_write as sw
 crash = os.environ.get("CRASH_AT")
 if crash:
     def die(phase):
         if phase == crash:
             os.kill(os.getpid(), 9)
-    sf._crash_point = die
+    sw._crash_point = die
 go = os.environ.get("GO_FILE")
 while go and not os.path.exists(go):
     time.sleep(0.001)
