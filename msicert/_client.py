@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from ._shared_tokens import CachedToken, SharedTokens
     from ._token_cache import TokenManager
     from .backends.contract import KeyMaterial
-    from .wire._imds import ImdsClient, PlatformMetadata, RetryPolicy
+    from .wire._imds import ImdsClient
+    from .wire._imds_answers import PlatformMetadata
+    from .wire._retry import RetryPolicy
 
 # Minting needs more than the store-first hot path: _imds (json, uuid, urllib3), _csr and
 # cryptography's serialization are imported on the first mint, keeping `import msicert` cheap.
@@ -530,7 +532,7 @@ class ManagedIdentityClient:
 
     def _policy(self) -> RetryPolicy:
         if self._retry_policy is None:
-            from .wire._imds import RetryPolicy
+            from .wire._retry import RetryPolicy
 
             self._retry_policy = self._retry or RetryPolicy.from_env()
         return self._retry_policy
@@ -690,7 +692,7 @@ class ManagedIdentityClient:
             issued = imds.issue_credential(self.identity, csr_to_wire(csr), token, deadline=until,
                                            bypass_cache=bypass_cache, correlation_id=cid)
         except ImdsError as exc:
-            from .wire._imds import is_attestation_refusal
+            from .wire._imds_answers import is_attestation_refusal
 
             if is_attestation_refusal(exc):
                 raise AttestationRequiredError.from_refusal(

@@ -222,7 +222,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
 def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
     from msicert import ManagedIdentityClient
     from msicert._client import MINT_OVERHEAD, imds_worst_case
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0
     # 2 calls x (8 tries x (2 + 10 s) + the reference's 70 s of waits)

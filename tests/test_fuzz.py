@@ -41,12 +41,9 @@ from msicert.backends.contract import CorruptEntry
 from msicert.backends.posix import _store_read, _store_write
 from msicert.backends.posix._file_store import FileStore
 from msicert.wire._ests import EstsRejected, parse_token_response
-from msicert.wire._imds import (
-    _MAX_BODY,
-    _retry_after,
-    parse_issued_credential,
-    parse_platform_metadata,
-)
+from msicert.wire._http import MAX_BODY
+from msicert.wire._imds_answers import parse_issued_credential, parse_platform_metadata
+from msicert.wire._retry import _retry_after
 from tests.certgen import ISSUER_CN, key_pem, make_cert, rsa_key
 from tests.store_contract import UAMI, PemKey, entry, pem_of
 
@@ -249,7 +246,7 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 @FUZZ
 @given(status=statuses, hdrs=headers, body=encoded(documents(metadata_fields)))
 @example(status=200, hdrs=GOOD_SERVER, body=b"[" * 200_000)
-@example(status=200, hdrs=GOOD_SERVER, body=b" " * (_MAX_BODY + 1))
+@example(status=200, hdrs=GOOD_SERVER, body=b" " * (MAX_BODY + 1))
 @example(status=200, hdrs=GOOD_SERVER, body=json.dumps(
     {"clientId": CID, "tenantId": CID, "cuId": {"vmId": "v"},
      "attestationEndpoint": "https://[::1"}).encode())
