@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 OTHERS = [1, 1000]
-# _file_store's per-process memos (parsed entries by content; checked entries)
+# _store_read's per-process memos (parsed entries by content; checked entries)
 _PER_PROCESS_MEMOS = ("_parsed", "_verified")
 LOOKUP = pytest.mark.benchmark(group="store lookup", min_time=2e-4, max_time=2.0, warmup=True)
 _BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
@@ -122,13 +122,13 @@ def _fresh_process_state() -> Callable[[], None]:
     its "checked" marker), so a memo added elsewhere cannot quietly turn this into a warm
     lookup."""
     from msicert import _policy
-    from msicert.backends.posix import _file_store
+    from msicert.backends.posix import _store_read
 
     seed = set(getattr(_policy, "_good_oids", ()))  # the OIDs a fresh import knows
 
     def forget() -> None:
         for name in _PER_PROCESS_MEMOS:
-            memo = getattr(_file_store, name, None)
+            memo = getattr(_store_read, name, None)
             if memo is not None:
                 memo.clear()
         oids = getattr(_policy, "_good_oids", None)
@@ -136,7 +136,7 @@ def _fresh_process_state() -> Callable[[], None]:
             oids.intersection_update(seed)
 
     def checked_then_forget() -> None:
-        assert _file_store._verified, (
+        assert _store_read._verified, (
             "a lookup after the memos were cleared left no checked marker: the library "
             "memoises elsewhere now; update _fresh_process_state so this stays a first lookup"
         )

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from ._shared_tokens import CachedToken, SharedTokens
     from ._token_cache import TokenManager
-    from .wire._imds import ImdsClient, RetryPolicy
+    from .wire._imds import ImdsClient
+    from .wire._retry import RetryPolicy
 
 # Minting needs more than the store-first hot path: _imds (json, uuid, urllib3), _csr and
 # cryptography's serialization are imported on the first mint, keeping `import msicert` cheap.

@@ -105,7 +105,7 @@ class AttestationRequiredError(ImdsError):
     @classmethod
     def from_refusal(cls, exc: ImdsError, *, key_kind: str, attested: bool
                      ) -> AttestationRequiredError:
-        """The refusal ``exc`` (see ``_imds.is_attestation_refusal``) with the key named."""
+        """The refusal ``exc`` (see ``_imds_answers.is_attestation_refusal``) with the key named."""
         return cls(key_kind=key_kind, attested=attested, step=exc.step, status=exc.status,
                    body_excerpt=exc.body_excerpt, correlation_id=exc.correlation_id)
 

@@ -26,7 +26,8 @@ from .backends.contract import CorruptEntry, Store
 if TYPE_CHECKING:
     import weakref
 
-    from .wire._imds import ImdsClient, RetryPolicy
+    from .wire._imds import ImdsClient
+    from .wire._retry import RetryPolicy
 
 __all__ = ["ATTESTATION_MARKER_SECONDS", "CertificateLifecycle"]
 
@@ -355,7 +356,7 @@ class CertificateLifecycle:
 
     def _policy(self) -> RetryPolicy:
         if self._retry_policy is None:
-            from .wire._imds import RetryPolicy
+            from .wire._retry import RetryPolicy
 
             self._retry_policy = self._retry or RetryPolicy.from_env()
         return self._retry_policy

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .backends.contract import KeyMaterial
-    from .wire._imds import ImdsClient, PlatformMetadata, RetryPolicy
+    from .wire._imds import ImdsClient
+    from .wire._imds_answers import PlatformMetadata
+    from .wire._retry import RetryPolicy
 
 __all__ = ["MINT_OVERHEAD", "Minted", "check_validity", "imds_worst_case", "issue_certificate"]
 
@@ -84,7 +86,7 @@ def issue_certificate(
         issued = imds.issue_credential(identity, csr_to_wire(csr), token, deadline=until,
                                        bypass_cache=bypass_cache, correlation_id=cid)
     except ImdsError as exc:
-        from .wire._imds import is_attestation_refusal
+        from .wire._imds_answers import is_attestation_refusal
 
         if is_attestation_refusal(exc):
             raise AttestationRequiredError.from_refusal(

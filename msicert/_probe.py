@@ -50,7 +50,7 @@ def _ask(base: str, path: str, label: str, until: float) -> tuple[bool, str | No
     however slowly IMDS (or whatever answers there) trickles its answer."""
     import urllib3
 
-    from .wire._imds import get_within
+    from .wire._http import get_within
 
     if until - time.monotonic() <= 0:
         return False, f"{label} not probed: the timeout was spent", True

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from msicert import AttestationRequiredError, ImdsError, ManagedIdentityClient
 from msicert.emulator import Emulator, Fault
 from msicert.wire._csr import build_csr, csr_to_wire
-from msicert.wire._imds import is_attestation_refusal
+from msicert.wire._imds_answers import is_attestation_refusal
 from tests.conftest import run_cli
 
 # MSAL.NET src/client/Microsoft.Identity.Lab.Api/Http/MockHelpers.cs, as data.

@@ -16,11 +16,14 @@ import pytest
 
 from msicert import Identity, ImdsResponseError, StoreError, TokenError
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
-from msicert.backends.posix._file_store import MAX_ENTRY_BYTES, FileStore
+from msicert.backends.posix import _store_read
+from msicert.backends.posix._file_store import FileStore
+from msicert.backends.posix._store_read import MAX_ENTRY_BYTES
 from msicert.emulator import Fault
 from msicert.wire._ests import _MAX_BODY as _MAX_TOKEN_BODY
-from msicert.wire._imds import _MAX_BODY, ImdsClient, RetryPolicy
+from msicert.wire._http import MAX_BODY
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy
 from tests.certgen import ISSUER_CN
 from tests.store_contract import entry
 
@@ -122,7 +125,7 @@ def test_a_10_mb_store_file_is_corrupt_after_reading_at_most_max_entry_bytes(sto
         reads.append(len(data))
         return data
 
-    monkeypatch.setattr(_file_store.os, "read", counting_read)
+    monkeypatch.setattr(_store_read.os, "read", counting_read)
 
     def find():
         with pytest.raises(CorruptEntry, match="larger than") as info:
@@ -231,7 +234,7 @@ def test_a_huge_imds_answer_is_refused_after_reading_max_body():
         (_, peak), elapsed = bounded(lambda: peak_of(call), 30)
     finally:
         server.close()
-    assert peak < 4 * _MAX_BODY, peak  # a 64 MiB answer costs about one _MAX_BODY
+    assert peak < 4 * MAX_BODY, peak  # a 64 MiB answer costs about one MAX_BODY
     print(f"\n64 MiB IMDS answer refused in {elapsed:.2f} s, client peak {peak / MiB:.1f} MiB")
 
 

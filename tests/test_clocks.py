@@ -20,7 +20,8 @@ from msicert._policy import State
 from msicert._token_cache import TokenManager
 from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
-from msicert.wire._imds import ImdsClient, RetryPolicy
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy
 
 RESOURCE = "https://vault.azure.net"
 SLACK = 1.5  # s added to every measured upper bound: generous, speed targets live in benchmarks

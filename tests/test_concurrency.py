@@ -27,13 +27,13 @@ ISSUER = "managedidentitysnissuer.login.microsoft.com"
 RACER = r"""
 import os, sys, time
 import msicert._cli as cli
-import msicert.backends.posix._file_store as sf
+import msicert.backends.posix._store_write as sw
 crash = os.environ.get("CRASH_AT")
 if crash:
     def die(phase):
         if phase == crash:
             os.kill(os.getpid(), 9)
-    sf._crash_point = die
+    sw._crash_point = die
 go = os.environ.get("GO_FILE")
 while go and not os.path.exists(go):
     time.sleep(0.001)
@@ -222,7 +222,7 @@ def test_waiter_outlasts_a_stalled_holder_past_a_short_lock_timeout_and_uses_its
 def test_lock_wait_is_the_worst_case_mint_plus_overhead(make_client, monkeypatch, store_dir):
     from msicert import ManagedIdentityClient
     from msicert._mint import MINT_OVERHEAD, imds_worst_case
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     assert MINT_OVERHEAD == 30.0
     # 2 calls x (8 tries x (2 + 10 s) + the reference's 70 s of waits)

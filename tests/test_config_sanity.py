@@ -13,7 +13,8 @@ import pytest
 from msicert import Backoff, Identity
 from msicert.backends.posix._file_store import default_directory
 from msicert.emulator import Fault
-from msicert.wire._imds import ImdsClient, RetryPolicy
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy
 from tests.conftest import ROOT, cli_env
 
 

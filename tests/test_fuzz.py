@@ -38,15 +38,12 @@ from msicert import Identity, ImdsError, ImdsResponseError, StoreError, TokenErr
 from msicert._identity import is_guid
 from msicert._policy import identity_mismatch
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
+from msicert.backends.posix import _store_read, _store_write
 from msicert.backends.posix._file_store import FileStore
 from msicert.wire._ests import EstsRejected, parse_token_response
-from msicert.wire._imds import (
-    _MAX_BODY,
-    _retry_after,
-    parse_issued_credential,
-    parse_platform_metadata,
-)
+from msicert.wire._http import MAX_BODY
+from msicert.wire._imds_answers import parse_issued_credential, parse_platform_metadata
+from msicert.wire._retry import _retry_after
 from tests.certgen import ISSUER_CN, key_pem, make_cert, rsa_key
 from tests.store_contract import UAMI, PemKey, entry, pem_of
 
@@ -249,7 +246,7 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 @FUZZ
 @given(status=statuses, hdrs=headers, body=encoded(documents(metadata_fields)))
 @example(status=200, hdrs=GOOD_SERVER, body=b"[" * 200_000)
-@example(status=200, hdrs=GOOD_SERVER, body=b" " * (_MAX_BODY + 1))
+@example(status=200, hdrs=GOOD_SERVER, body=b" " * (MAX_BODY + 1))
 @example(status=200, hdrs=GOOD_SERVER, body=json.dumps(
     {"clientId": CID, "tenantId": CID, "cuId": {"vmId": "v"},
      "attestationEndpoint": "https://[::1"}).encode())
@@ -427,9 +424,9 @@ def _parse(data: bytes, identity: Identity, issuer: str):
 @given(data=store_bytes, identity=st.sampled_from([Identity(), UAMI]),
        issuer=st.sampled_from([ISSUER_CN, ISSUER_CN.upper(), "other.example"]))
 @example(data=GOOD_ENTRY, identity=Identity(), issuer=ISSUER_CN)
-@example(data=b" " * (_file_store.MAX_ENTRY_BYTES + 1), identity=Identity(), issuer=ISSUER_CN)
+@example(data=b" " * (_store_read.MAX_ENTRY_BYTES + 1), identity=Identity(), issuer=ISSUER_CN)
 def test_store_parser_returns_a_consistent_entry_or_corrupt_entry(data, identity, issuer):
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     outcomes = []
     for _ in range(2):  # the second parse goes through the per-process "already checked" cache
         try:
@@ -505,10 +502,10 @@ def test_store_put_stores_exactly_what_it_returns_or_leaves_the_old_file_untouch
                                                                                    new):
     store, before = put_store
     path = store.path_for(Identity())
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     try:
         # fsync changes nothing a reader sees and costs ~10 ms: skip it so 10,000 examples fit
-        with mock.patch.object(_file_store.os, "fsync", lambda fd: None):
+        with mock.patch.object(_store_write.os, "fsync", lambda fd: None):
             stored = store.put(Identity(), new, issuer_cn=ISSUER_CN)
     except StoreError as exc:
         assert isinstance(exc, StoreError) and str(exc)
@@ -544,7 +541,7 @@ def test_a_put_that_fails_at_any_syscall_raises_store_error_and_leaves_no_torn_f
             raise OSError(errno.EIO, "injected I/O error")
         return real(*args, **kw)
 
-    monkeypatch.setattr(_file_store.os, syscall, failing)
+    monkeypatch.setattr(_store_write.os, syscall, failing)
     with pytest.raises(StoreError):
         store.put(Identity(), entry(key_no=2), issuer_cn=ISSUER_CN)
     monkeypatch.undo()

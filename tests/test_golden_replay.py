@@ -57,7 +57,8 @@ from msicert._errors import TokenError
 from msicert._identity import Identity
 from msicert._policy import identity_mismatch, load_certificate
 from msicert.wire._ests import EstsRejected, parse_token_response
-from msicert.wire._imds import RetryPolicy, parse_issued_credential, parse_platform_metadata
+from msicert.wire._imds_answers import parse_issued_credential, parse_platform_metadata
+from msicert.wire._retry import RetryPolicy
 
 GOLDEN = Path(__file__).parent / "golden"
 CERT_SLOT = "{certificate issued over the CSR key}"

@@ -9,7 +9,8 @@ import pytest
 
 from msicert import Identity, ImdsError, MsiV2UnavailableError
 from msicert.emulator import Fault
-from msicert.wire._imds import ImdsClient, RetryPolicy
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy
 
 
 @pytest.fixture

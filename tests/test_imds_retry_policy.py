@@ -18,7 +18,8 @@ import pytest
 
 from msicert import Identity, ImdsError, MsiV2UnavailableError
 from msicert.emulator import Fault
-from msicert.wire._imds import ImdsClient, RetryPolicy, _retry_after
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy, _retry_after
 
 
 def _client(emu, waits: list[float], **policy: float) -> ImdsClient:

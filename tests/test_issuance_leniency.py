@@ -14,7 +14,7 @@ from msicert import ImdsResponseError
 from msicert.backends.contract import CorruptEntry
 from msicert.emulator import Fault
 from msicert.emulator._ca import ISSUER_CN, SOVEREIGN_ISSUER_CN
-from msicert.wire._imds import parse_issued_credential
+from msicert.wire._imds_answers import parse_issued_credential
 from tests.certgen import der as der_of
 from tests.certgen import make_cert
 from tests.conftest import cli_json

@@ -24,7 +24,11 @@ from msicert import Identity, ImdsResponseError
 from msicert._policy import SYSTEM_ASSIGNED_CN, identity_mismatch
 from msicert.backends.contract import CorruptEntry
 from msicert.backends.posix._file_store import FileStore
-from msicert.wire._imds import mtls_endpoint, parse_issued_credential, parse_platform_metadata
+from msicert.wire._imds_answers import (
+    mtls_endpoint,
+    parse_issued_credential,
+    parse_platform_metadata,
+)
 from tests.certgen import CLIENT, ISSUER_CN, TENANT, der, key_pem, rsa_key
 from tests.store_contract import PemKey
 

@@ -152,13 +152,13 @@ def test_failed_mint_never_deletes_the_last_valid_certificate(make_client, emu, 
 
 @pytest.mark.parametrize("reason", sorted(CORRUPTIONS))
 def test_corrupt_entry_is_removed_and_reminted_exactly_once(make_client, emu, store_dir, reason):
-    from msicert.backends.posix import _file_store
+    from msicert.backends.posix import _store_read
 
     store = FileStore(store_dir)
     make_client().get_certificate()
     data = Path(store.path_for(make_client().identity)).read_bytes()
     _write_entry(store, CORRUPTIONS[reason](data))
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     emu.reset()
     cert = make_client().get_certificate()
     assert cert.source == "imds"

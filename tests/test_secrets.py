@@ -21,7 +21,8 @@ import pytest
 from msicert import Backoff, Identity, ImdsError, MsiCertError, TokenError
 from msicert._mint import Minted as _Minted
 from msicert.emulator import Fault
-from msicert.wire._imds import ImdsClient, RetryPolicy
+from msicert.wire._imds import ImdsClient
+from msicert.wire._retry import RetryPolicy
 from tests.conftest import run_cli
 
 RESOURCE = "https://vault.azure.net"
@@ -186,7 +187,7 @@ def test_no_secret_reaches_a_log_line_or_an_error_message(make_client, emu, stor
 
 
 def test_an_imds_error_never_echoes_the_attestation_token_even_in_part():
-    from msicert.wire._imds import parse_issued_credential
+    from msicert.wire._imds_answers import parse_issued_credential
 
     for cut in (0, 150, 190, 199, 230):  # where the echo starts relative to the 200-char excerpt
         body = b"x" * cut + ATTESTATION_TOKEN.encode() + b" trailing"

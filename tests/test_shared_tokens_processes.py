@@ -27,7 +27,7 @@ from tests.test_concurrency import spawn
 
 VAULT = "https://vault.azure.net"
 STORAGE = "https://storage.azure.com"
-PHASES = ("temp-half-written", "temp-synced", "renamed")  # _file_store._crash_point
+PHASES = ("temp-half-written", "temp-synced", "renamed")  # _store_write._crash_point
 
 
 def _scopes(emu) -> Counter[str]:

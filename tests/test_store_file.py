@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from msicert import Identity, StoreError
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
+from msicert.backends.posix import _store_read
 from msicert.backends.posix._file_store import FileStore, default_directory
 from tests.certgen import ISSUER_CN, key_pem, rsa_key
 from tests.store_contract import UAMI, StoreContract, entry
@@ -184,7 +184,7 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("reason", sorted(CORRUPTIONS))
 def test_corrupt_entries_are_reported_as_corrupt_with_the_reason(store, reason):
     _write_entry(store, CORRUPTIONS[reason](_good_bytes(store)))
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     with pytest.raises(CorruptEntry) as info:
         store.find(Identity(), issuer_cn=ISSUER_CN)
     assert reason.split()[0] in str(info.value) or reason in info.value.reason
@@ -210,7 +210,7 @@ def test_hot_path_checks_the_key_once_per_process_and_never_validates_rsa(store,
         return real(data, password, **kw)
 
     monkeypatch.setattr(serialization, "load_pem_private_key", spy)
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     for _ in range(5):
         FileStore(store.directory).find(Identity(), issuer_cn=ISSUER_CN)

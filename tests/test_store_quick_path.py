@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from msicert import Identity, _policy
 from msicert._policy import issuer_fragment_in, name_values, vetted_names_mismatch
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
+from msicert.backends.posix import _store_read
 from msicert.backends.posix._file_store import FileStore
 from msicert.wire import _der
 from tests.certgen import CLIENT, ISSUER_CN, TENANT, der, key_pem, rsa_key
@@ -230,12 +230,12 @@ def make_named_cert(*, subject: x509.Name, issuer: x509.Name | None = None, key=
     )
 
 
-def _outcome(store: FileStore, data: bytes, identity: Identity, issuer_cn: str, *,
+def _outcome(data: bytes, identity: Identity, issuer_cn: str, *,
              thorough: bool) -> tuple[object, ...]:
-    _file_store._verified.clear()
+    _store_read._verified.clear()
     try:
-        got = store._parse(data, identity, issuer_cn, "entry.pem", digest=None,
-                           thorough=thorough)
+        got = _store_read.parse_entry(data, identity, issuer_cn, "entry.pem", digest=None,
+                                      thorough=thorough)
     except CorruptEntry as exc:
         return ("corrupt", exc.reason)
     except Exception as exc:  # the two paths must fail alike, whatever the failure
@@ -245,11 +245,11 @@ def _outcome(store: FileStore, data: bytes, identity: Identity, issuer_cn: str, 
             got.cert_pem, got.store, got.source, got.key, got.to_json()["subject"])
 
 
-def _both(store: FileStore, data: bytes, identity: Identity | None = None,
+def _both(data: bytes, identity: Identity | None = None,
           issuer_cn: str = ISSUER_CN) -> tuple[object, ...]:
     identity = identity or Identity()
-    quick = _outcome(store, data, identity, issuer_cn, thorough=False)
-    thorough = _outcome(store, data, identity, issuer_cn, thorough=True)
+    quick = _outcome(data, identity, issuer_cn, thorough=False)
+    thorough = _outcome(data, identity, issuer_cn, thorough=True)
     assert quick == thorough
     return quick
 
@@ -363,16 +363,16 @@ MANGLED = {
 @pytest.mark.parametrize("case", sorted(MANGLED))
 @pytest.mark.parametrize("identity", [Identity(), UAMI, Identity.from_selectors(client_id=CLIENT)],
                          ids=["system", "other-client-id", "client-id"])
-def test_quick_and_thorough_paths_give_the_same_answer(store, good, case, identity):
-    _both(store, MANGLED[case](good), identity)
+def test_quick_and_thorough_paths_give_the_same_answer(good, case, identity):
+    _both(MANGLED[case](good), identity)
 
 
-def test_the_good_entry_is_accepted_and_the_mangled_keys_are_refused(store, good):
-    assert _both(store, good)[0] == "ok"
-    assert _both(store, _rewrap_key(good, 76))[0] == "ok"  # cryptography reads it: so do we
-    assert _both(store, MANGLED["key: another RSA key"](good)) == (
+def test_the_good_entry_is_accepted_and_the_mangled_keys_are_refused(good):
+    assert _both(good)[0] == "ok"
+    assert _both(_rewrap_key(good, 76))[0] == "ok"  # cryptography reads it: so do we
+    assert _both(MANGLED["key: another RSA key"](good)) == (
         "corrupt", "private key does not match the certificate")
-    assert _both(store, MANGLED["key: non-minimal INTEGER"](good)) == (
+    assert _both(MANGLED["key: non-minimal INTEGER"](good)) == (
         "corrupt", "unparsable private key")
 
 
@@ -389,7 +389,7 @@ ISSUERS = {
 @pytest.mark.parametrize("case", sorted(ISSUERS))
 @pytest.mark.parametrize("issuer_cn", [ISSUER_CN, ISSUER_CN.upper(), f"CN={ISSUER_CN}",
                                        f"O=Microsoft+CN={ISSUER_CN}", "other.example"])
-def test_issuers_are_judged_alike_on_both_paths(tmp_path, store, case, issuer_cn):
+def test_issuers_are_judged_alike_on_both_paths(tmp_path, case, issuer_cn):
     cert = make_named_cert(subject=_name(_rdn((DC, TENANT)), _rdn((CN, CLIENT))),
                            issuer=ISSUERS[case])
     data = _stored_bytes(tmp_path, cert) if case != "wrong issuer" else None
@@ -397,7 +397,7 @@ def test_issuers_are_judged_alike_on_both_paths(tmp_path, store, case, issuer_cn
         good_cert = make_named_cert(subject=_name(_rdn((DC, TENANT)), _rdn((CN, CLIENT))))
         data = _stored_bytes(tmp_path, good_cert)
         data = _swap_cert(data, cert)
-    outcome = _both(store, data, Identity(), issuer_cn)
+    outcome = _both(data, Identity(), issuer_cn)
     accepted = outcome[0] == "ok"
     if case == "wrong issuer":
         assert accepted is (issuer_cn == "other.example")
@@ -431,38 +431,38 @@ def test_a_first_lookup_loads_no_key_object_and_builds_no_name_strings(store, mo
     monkeypatch.setattr(x509.Name, "rfc4514_string",
                         lambda self, *a: calls.append("rfc4514") or "")
     for _ in range(3):
-        _file_store._verified.clear()
-        _file_store._parsed.clear()
+        _store_read._verified.clear()
+        _store_read._parsed.clear()
         got = FileStore(store.directory).find(Identity(), issuer_cn=ISSUER_CN)
         assert got is not None and got.source == "store"
     assert calls == []
-    assert len(_file_store._verified) == 1
+    assert len(_store_read._verified) == 1
 
 
-def test_an_older_entry_without_recorded_names_takes_the_thorough_path(store, good, monkeypatch):
+def test_an_older_entry_without_recorded_names_takes_the_thorough_path(good, monkeypatch):
     old = MANGLED["names: no recorded names (an older file)"](good)
     calls: list[bool] = []
     real = serialization.load_pem_private_key
     monkeypatch.setattr(serialization, "load_pem_private_key",
                         lambda *a, **k: calls.append(k["unsafe_skip_rsa_key_validation"])
                         or real(*a, **k))
-    assert _outcome(store, old, Identity(), ISSUER_CN, thorough=False)[0] == "ok"
+    assert _outcome(old, Identity(), ISSUER_CN, thorough=False)[0] == "ok"
     assert calls == [True]
 
 
 def test_the_memos_hold_digests_and_names_never_key_bytes(store, good):
-    _file_store._verified.clear()
-    _file_store._parsed.clear()
+    _store_read._verified.clear()
+    _store_read._parsed.clear()
     Path(store.directory).mkdir(mode=0o700, parents=True)
     fd = os.open(store.path_for(Identity()), os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, good)
     os.close(fd)
     assert store.find(Identity(), issuer_cn=ISSUER_CN) is not None
-    (marker,) = _file_store._verified
+    (marker,) = _store_read._verified
     assert len(marker[0]) == 32 and marker[1:] == ("system", ISSUER_CN)
     key_der = _key_der(good)
     memo_bytes = [m for m in marker if isinstance(m, bytes)]
-    memo_bytes += [k[0] for k in _file_store._parsed]
+    memo_bytes += [k[0] for k in _store_read._parsed]
     memo_bytes += list(_policy._good_oids)
     for chunk in memo_bytes:
         for i in range(0, len(key_der) - 16, 16):
@@ -475,7 +475,7 @@ def test_the_memos_hold_digests_and_names_never_key_bytes(store, good):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(region=st.sampled_from(["key", "cert", "head"]), at=st.floats(0, 1),
        op=st.sampled_from(["flip", "delete", "insert", "dup-line"]), byte=st.integers(0, 255))
-def test_fuzzed_entries_get_the_same_answer_on_both_paths(store, good, region, at, op, byte):
+def test_fuzzed_entries_get_the_same_answer_on_both_paths(good, region, at, op, byte):
     if region == "key":
         lo, hi = _key_body(good)
     elif region == "cert":
@@ -494,8 +494,8 @@ def test_fuzzed_entries_get_the_same_answer_on_both_paths(store, good, region, a
         start = good.rfind(b"\n", 0, i) + 1
         stop = good.index(b"\n", i) + 1
         data = good[:stop] + good[start:stop] + good[stop:]
-    _both(store, data)
-    _both(store, data, UAMI)
+    _both(data)
+    _both(data, UAMI)
 
 
 def test_an_unexpected_failure_in_the_key_reader_leaves_no_key_bytes_in_its_frame(good,
@@ -509,7 +509,7 @@ def test_an_unexpected_failure_in_the_key_reader_leaves_no_key_bytes_in_its_fram
     start = good.index(b"-----BEGIN PRIVATE KEY-----")
     stop = good.index(b"-----END PRIVATE KEY-----") + len(b"-----END PRIVATE KEY-----")
     with pytest.raises(RuntimeError) as info:
-        _file_store._rsa_public_numbers(Secret(good[start:stop]))
+        _store_read._rsa_public_numbers(Secret(good[start:stop]))
     frames = []
     tb = info.value.__traceback__
     while tb is not None:

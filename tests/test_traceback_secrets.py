@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from msicert import Identity
 from msicert._secret import Secret
 from msicert.backends.contract import CorruptEntry
-from msicert.backends.posix import _file_store
+from msicert.backends.posix import _store_read, _store_write
 from msicert.backends.posix._file_store import FileStore
 from msicert.backends.posix._software_key import SoftwareKey
 from tests.certgen import ISSUER_CN, key_pem, rsa_key
 from tests.store_contract import entry
 
-CRASH_POINTS = ("temp-half-written", "temp-synced", "renamed")  # _file_store._crash_point
+CRASH_POINTS = ("temp-half-written", "temp-synced", "renamed")  # _store_write._crash_point
 
 
 class InjectedCrash(Exception):
@@ -163,13 +163,13 @@ def test_failure_at_each_write_step_of_a_mint_leaves_no_key_in_traceback_locals(
             raise InjectedCrash(at)
 
     monkeypatch.setattr(SoftwareKey, "generate", staticmethod(generate))
-    monkeypatch.setattr(_file_store, "_crash_point", crash)
+    monkeypatch.setattr(_store_write, "_crash_point", crash)
     c = make_client()
     with pytest.raises(InjectedCrash) as info:
         c.get_certificate()
     reprs = _local_reprs(info.value)
     names = {where.split("@", 1)[0] for where, _ in reprs}
-    assert {"_mint_locked", "put", "_atomic_write", "crash"} <= names  # the write path's frames
+    assert {"_mint_locked", "put", "atomic_write", "crash"} <= names  # the write path's frames
     assert len(made) == 1
     assert _leaks(reprs, made[0].reveal()) == []
     if phase == "renamed":  # and the key walked for is the one that reached the disk
@@ -180,8 +180,8 @@ def _plant(store: FileStore, mangle) -> None:
     store.put(Identity(), entry(), issuer_cn=ISSUER_CN)
     path = store.path_for(Identity())
     Path(path).write_bytes(mangle(Path(path).read_bytes()))
-    _file_store._verified.clear()
-    _file_store._parsed.clear()
+    _store_read._verified.clear()
+    _store_read._parsed.clear()
 
 
 def _other_key(data: bytes) -> bytes:

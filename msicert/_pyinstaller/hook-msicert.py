@@ -29,7 +29,10 @@ _LAZY = [
     "msicert.emulator",
     "msicert.wire._csr",
     "msicert.wire._ests",
+    "msicert.wire._http",
     "msicert.wire._imds",
+    "msicert.wire._imds_answers",
+    "msicert.wire._retry",
     "urllib3",
 ]
 

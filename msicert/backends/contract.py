@@ -23,7 +23,7 @@ from .._secret import Secret
 if TYPE_CHECKING:
     import ssl
 
-    from ..wire._imds import PlatformMetadata
+    from ..wire._imds_answers import PlatformMetadata
 
 __all__ = ["MAX_TOKEN_CACHE_BYTES", "CorruptEntry", "KeyMaterial", "Lock", "NewEntry", "Pool",
            "Response", "StaleCertificate", "Store", "Transport", "thread_lock"]

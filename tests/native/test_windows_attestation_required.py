@@ -40,7 +40,7 @@ def attesting_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     assert _control("POST", "config", {"require_attestation": True})["require_attestation"]

@@ -26,7 +26,7 @@ pytestmark = [
 def client() -> Iterator[Any]:
     pytest.importorskip("azure.core", reason="azure-core comes with the test extra")
     from msicert import ManagedIdentityClient
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     made = ManagedIdentityClient(imds_endpoint=os.environ["MSICERT_WINE_IMDS"],
                                  retry=RetryPolicy(scale=0.01))

@@ -79,7 +79,7 @@ def fake_vbs(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """Clients on CurrentUser\\My against the emulator; each identity purged before and after."""
     from msicert import Backoff, ManagedIdentityClient
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     made: list[Any] = []
@@ -290,7 +290,7 @@ def test_each_reader_takes_its_own_variant_only_fake_vbs(
         assert plain.get_certificate().der == att0["der"]
         monkeypatch.setenv("MSICERT_ATTESTATION_DLL", FAKE_DLL)
         from msicert import ManagedIdentityClient
-        from msicert.wire._imds import RetryPolicy
+        from msicert.wire._retry import RetryPolicy
 
         attesting = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
         found = attesting.get_certificate()
@@ -719,7 +719,7 @@ def test_machine_store_binds_its_entries_to_the_machine_key_of_the_same_name(
     user's store and keys only."""
     import msicert_native as native
     from msicert import ManagedIdentityClient, StoreError
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     client = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01),

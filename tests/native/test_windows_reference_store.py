@@ -254,7 +254,7 @@ def client() -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     uami = "5eed0000-1111-4222-8333-444455556666"
     c = ManagedIdentityClient(client_id=uami, imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
@@ -353,7 +353,7 @@ def system_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     if not IMDS:
         pytest.skip("no emulator (tools/wine/run.sh starts one and sets MSICERT_WINE_IMDS)")
     from msicert import ManagedIdentityClient
-    from msicert.wire._imds import RetryPolicy
+    from msicert.wire._retry import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
     c = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))

@@ -15,7 +15,7 @@ from ..._secret import Secret
 from ...wire._csr import PSS_SALT_LENGTH
 
 if TYPE_CHECKING:
-    from ...wire._imds import PlatformMetadata
+    from ...wire._imds_answers import PlatformMetadata
 
 __all__ = ["SoftwareKey"]
 

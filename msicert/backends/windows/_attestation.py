@@ -15,7 +15,7 @@ from ..._lazylog import LazyLogger
 if TYPE_CHECKING:
     from msicert_native import NCryptKey
 
-    from ...wire._imds import PlatformMetadata
+    from ...wire._imds_answers import PlatformMetadata
 
 __all__ = ["attestation_token"]
 

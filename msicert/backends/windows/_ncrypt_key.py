@@ -44,7 +44,7 @@ from ...wire._csr import PSS_SALT_LENGTH
 if TYPE_CHECKING:
     from msicert_native import NCryptKey
 
-    from ...wire._imds import PlatformMetadata
+    from ...wire._imds_answers import PlatformMetadata
 
 __all__ = ["HARDWARE_KEY_NAME", "KEYGUARD_KEY_NAME", "KIND_KEYGUARD", "KIND_SOFTWARE",
            "NCryptRsaKey", "binding_key", "forget_binding_keys", "key_is_alive",
