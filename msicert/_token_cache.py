@@ -4,10 +4,9 @@ by ESTS calls for (revocation remediation, a claims challenge, a TLS alert)."""
 from __future__ import annotations
 
 import contextlib
-import enum
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -60,93 +59,8 @@ class _Slot:
         self.claims_done: tuple[str, float, AccessToken] | None = None
 
 
-# --- what a failed TLS/transport attempt means -----------------------------------------------
-
-class _Failure(enum.Enum):
-    REJECTED = "ESTS rejected our certificate"  # evict, mint, retry once
-    SERVER_UNVERIFIED = "ESTS's certificate could not be verified"  # never evict
-    TRANSIENT = "the connection closed during the request"  # retry once, never evict
-    TLS = "TLS with ESTS failed"  # neither
-    OTHER = "cannot reach ESTS"
-
-
-# TLS alerts a server sends about the client's certificate (OpenSSL reason codes).
-_CLIENT_CERT_ALERTS = frozenset({
-    "SSLV3_ALERT_BAD_CERTIFICATE",
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-    "SSLV3_ALERT_CERTIFICATE_REVOKED",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-    "TLSV1_ALERT_UNKNOWN_CA",
-    "TLSV1_ALERT_ACCESS_DENIED",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-})
-_EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF_OCCURRED_IN_VIOLATION_OF_PROTOCOL"})
-# WinHTTP (the WinHTTP transport raises urllib3 errors caused by a NativeError with .winerror):
-# the client certificate was asked for or refused / the server's certificate failed our check.
-_WINHTTP_REJECTED = frozenset({12044, 12157})
-_WINHTTP_SERVER_UNVERIFIED = frozenset({12037, 12038, 12045, 12169, 12175})
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack.extend([e.__cause__, e.__context__, *e.args])
-
-
-def _classify(exc: BaseException) -> tuple[_Failure, str]:
-    """What a urllib3 error from the token request means, and a short why (no secrets)."""
-    import http.client
-    import ssl  # not before a request failed: a shared-cache hit never loads it
-
-    found: dict[_Failure, str] = {}
-    for e in _chain(exc):
-        reason = getattr(e, "reason", None) if isinstance(e, ssl.SSLError) else None
-        winerror = getattr(e, "winerror", None)
-        if isinstance(e, ssl.SSLCertVerificationError):
-            found.setdefault(_Failure.SERVER_UNVERIFIED,
-                             e.verify_message or e.reason or "verification failed")
-        elif type(e).__name__ == "CertificateError":  # urllib3's own hostname check
-            found.setdefault(_Failure.SERVER_UNVERIFIED, str(e)[:200])
-        elif winerror in _WINHTTP_SERVER_UNVERIFIED:
-            found.setdefault(_Failure.SERVER_UNVERIFIED, f"WinHTTP error {winerror}")
-        elif reason in _CLIENT_CERT_ALERTS:
-            found.setdefault(_Failure.REJECTED, f"TLS alert {reason}")
-        elif winerror in _WINHTTP_REJECTED:
-            found.setdefault(_Failure.REJECTED, f"WinHTTP error {winerror}")
-        elif isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
-                            ConnectionAbortedError, BrokenPipeError,
-                            http.client.RemoteDisconnected)) or reason in _EOF_REASONS:
-            found.setdefault(_Failure.TRANSIENT, type(e).__name__)
-        elif isinstance(e, ssl.SSLError):
-            found.setdefault(_Failure.TLS, str(reason or type(e).__name__))
-    for kind in (_Failure.SERVER_UNVERIFIED, _Failure.REJECTED, _Failure.TRANSIENT, _Failure.TLS):
-        if kind in found:
-            return kind, found[kind]
-    return _Failure.OTHER, type(exc).__name__
-
-
 class _Rejected(Exception):
     """Internal: ESTS's TLS layer refused the client certificate."""
-
-
-def _scrub(exc: BaseException) -> None:
-    """Clear the locals of the finished frames in ``exc``'s tracebacks (its chain included).
-
-    Error reporters that capture locals (Sentry and its kin) would find the Authorization
-    header in urllib3's and http.client's frames. The stack itself (files, lines) is kept.
-    """
-    import traceback
-
-    for e in _chain(exc):
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
 
 
 class CertificateSource(Protocol):
@@ -581,26 +495,28 @@ class TokenManager:
                     continue
                 raise
             except urllib3.exceptions.HTTPError as exc:
-                kind, why = _classify(exc)
-                if kind is _Failure.REJECTED:
+                from ._transport_failure import Failure, classify
+
+                kind, why = classify(exc)
+                if kind is Failure.REJECTED:
                     raise _Rejected(why) from exc
-                if kind is _Failure.TRANSIENT and attempt == 1:
+                if kind is Failure.TRANSIENT and attempt == 1:
                     log.debug("connection to ESTS closed during the request (%s); retrying "
                               "once", why)
                     continue
-                if kind is _Failure.SERVER_UNVERIFIED:
+                if kind is Failure.SERVER_UNVERIFIED:
                     raise TokenError(
                         f"ESTS's certificate could not be verified ({why}) at "
                         f"{cert.mtls_endpoint}; check the system trust store (SSL_CERT_FILE/"
                         "SSL_CERT_DIR), the endpoint name and any TLS-inspecting proxy; the "
                         "binding certificate was kept", correlation_id=cid,
                     ) from exc
-                if kind is _Failure.TLS:
+                if kind is Failure.TLS:
                     raise TokenError(
                         f"TLS with ESTS at {cert.mtls_endpoint} failed ({why}); not an alert "
                         "about our certificate, so it was kept", correlation_id=cid,
                     ) from exc
-                if kind is _Failure.TRANSIENT:
+                if kind is Failure.TRANSIENT:
                     raise TokenError(f"ESTS at {cert.mtls_endpoint} closed the connection "
                                      f"twice ({why}); the certificate was kept",
                                      correlation_id=cid) from exc
@@ -677,6 +593,7 @@ class TokenManager:
         """
         import urllib3
 
+        from ._transport_failure import scrub
         from .wire._watchdog import Watchdog
 
         require_https(url)
@@ -711,7 +628,7 @@ class TokenManager:
                 raise ValueError(f"{url} answered more than {MAX_RESPONSE} bytes")
             return _preloaded(resp, data, url)
         except BaseException as exc:
-            _scrub(exc)  # the frames below held the Authorization header
+            scrub(exc)  # the frames below held the Authorization header
             raise
 
 
