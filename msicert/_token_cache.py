@@ -9,8 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from . import _correlation
 from ._backoff import Backoff
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 
     from ._shared_tokens import SharedTokens
 
-__all__ = ["MAX_CACHED", "MAX_RESPONSE", "CertificateSource", "TokenManager"]
+__all__ = ["MAX_CACHED", "CertificateSource", "TokenManager"]
 
 log = LazyLogger("msicert")
 T = TypeVar("T")
@@ -582,93 +581,10 @@ class TokenManager:
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
     ) -> urllib3.BaseHTTPResponse:
-        """Call ``url`` over mTLS with ``Authorization: mtls_pop <token>`` for ``resource``.
+        """Call ``url`` over mTLS with ``Authorization: mtls_pop <token>`` for ``resource``
+        (https only; ``timeout`` bounds the whole call): see
+        :func:`msicert._resource_call.request`."""
+        from ._resource_call import request
 
-        ``url`` must be https: anything else raises ValueError before any token is acquired
-        or any connection made (the token would travel in cleartext). ``timeout`` bounds the
-        whole request (a watchdog shuts the socket down when it passes), however slowly the
-        server sends its head or body: when it runs out, TimeoutError (the built-in) naming
-        the URL and the timeout, caused by what urllib3 raised. The body read is capped at
-        :data:`MAX_RESPONSE` bytes.
-        """
-        import urllib3
-
-        from ._transport_failure import scrub
-        from .wire._watchdog import Watchdog
-
-        require_https(url)
-        token = self.acquire(resource)
-        cert, pool = self.current(self.tls.pool)
-        if cert.x5t_s256 != token.x5t_s256:  # rotated in between: bind to the new one
-            token = self.acquire(resource)
-            cert, pool = self.current(self.tls.pool)
-        watch = Watchdog(timeout)
-        try:
-            try:
-                with watch:
-                    resp: urllib3.BaseHTTPResponse = pool.request(
-                        method, url, body=body, headers=_with_authorization(headers, token),
-                        timeout=watch.clip(urllib3.Timeout(connect=timeout, read=timeout)),
-                        redirect=False, preload_content=False,
-                    )
-                    try:
-                        data = resp.read(MAX_RESPONSE + 1, decode_content=True)
-                    finally:
-                        watch.disarm()
-                        resp.release_conn()
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                # The watchdog shut the socket down (whatever urllib3 made of that), or a
-                # connect or read timeout ran out: either way the time was up.
-                if watch.fired or _timed_out(exc):
-                    raise TimeoutError(f"{url} did not answer within {timeout:g} s") from exc
-                raise
-            if watch.fired:
-                raise TimeoutError(f"{url} did not answer within {timeout:g} s")
-            if len(data) > MAX_RESPONSE:
-                raise ValueError(f"{url} answered more than {MAX_RESPONSE} bytes")
-            return _preloaded(resp, data, url)
-        except BaseException as exc:
-            scrub(exc)  # the frames below held the Authorization header
-            raise
-
-
-MAX_RESPONSE = 64 * 1024 * 1024
-"""The most :meth:`TokenManager.request` reads of a response body (bytes)."""
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """True for urllib3's connect or read timeout (not a refused connection, which urllib3 2
-    makes a subclass of its connect timeout)."""
-    import urllib3
-
-    errors = urllib3.exceptions
-    return (isinstance(exc, (errors.ReadTimeoutError, errors.ConnectTimeoutError, TimeoutError))
-            and not isinstance(exc, errors.NewConnectionError))
-
-
-def _preloaded(resp: Any, data: bytes, url: str) -> urllib3.BaseHTTPResponse:
-    """A urllib3 response holding ``data`` (already decoded), as ``preload_content=True``
-    would have returned it, for what the transport answered (urllib3's or WinHTTP's)."""
-    import urllib3
-
-    return urllib3.HTTPResponse(
-        body=data, headers=resp.headers, status=resp.status,
-        reason=getattr(resp, "reason", None), version=getattr(resp, "version", 11) or 11,
-        preload_content=False, decode_content=False, request_url=url,
-    )
-
-
-def require_https(url: str) -> None:
-    """ValueError unless ``url`` is an absolute https URL."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        shown = parts.scheme or "no scheme"
-        raise ValueError(f"request() sends an mtls_pop token and needs an https:// URL, not "
-                         f"{shown!r}; refusing before any connection")
-
-
-def _with_authorization(headers: Mapping[str, str] | None, token: AccessToken) -> dict[str, str]:
-    # Built in its own frame: the caller's frame never holds the header in a local.
-    merged = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
-    merged["Authorization"] = f"mtls_pop {token.access_token}"
-    return merged
+        return request(self, method, url, resource=resource, body=body, headers=headers,
+                       timeout=timeout)
