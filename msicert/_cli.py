@@ -3,6 +3,9 @@
 Exit codes: 0 success; 1 the operation failed (IMDS, ESTS, store), or ``status`` found an
 identity that is absent, expired, not yet valid or corrupt, or ``probe`` found no IMDS v2;
 2 invalid usage or options; 130 interrupted; 141 the reader of the output went away.
+
+What ``status`` and ``purge`` show is rendered by :mod:`msicert._cli_status`, which only those
+two commands import.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import _lazylog
-from ._errors import ImdsError, MsiCertError, StoreError, TokenError
+from ._errors import ImdsError, MsiCertError, TokenError
 
 if TYPE_CHECKING:
     import logging
@@ -180,103 +183,6 @@ def _print_kv(info: dict[str, Any], as_json: bool) -> None:
         print(f"{k.ljust(width)}  {v}")
 
 
-def _duration(seconds: float) -> str:
-    """``2d 04h``, ``4h 05m``, ``5m 03s`` or ``42s`` (rounded to seconds)."""
-    s = max(0, round(seconds))
-    days, rest = divmod(s, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
-_BAR_WIDTH = 18
-
-
-def _bar(start: float, renew: float, end: float, now: float) -> str:
-    """Issued -> expiry in 18 cells: elapsed █ (▌ for a half cell), left ░, renewal │."""
-    span = max(end - start, 1e-9)
-    done = min(max((now - start) / span, 0.0), 1.0) * _BAR_WIDTH
-    full = int(done)
-    cells = ["█"] * full
-    if full < _BAR_WIDTH:
-        cells.append("▌" if done - full >= 0.5 else "░")
-    cells += ["░"] * (_BAR_WIDTH - len(cells))
-    mark = int(min(max((renew - start) / span, 0.0), 1.0) * _BAR_WIDTH)
-    if mark > full and mark < _BAR_WIDTH:
-        cells[mark] = "│"
-    return "".join(cells)
-
-
-_STATE_NAMES = {"fresh": "fresh", "renew": "renewing", "expired": "expired",
-                "not_yet_valid": "not yet valid"}
-
-
-def _iso(ts: float) -> str:
-    """UTC ISO 8601 rounded to whole seconds, ``Z`` suffix."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(round(ts)))
-
-
-def _status_row(cert: Any, now: float) -> dict[str, Any]:
-    """The stable ``status --json`` object of one usable-or-not (but parseable) entry."""
-    state = _STATE_NAMES[cert.state(now).value]
-    return {
-        "identity": cert.identity.alias,
-        "state": state.replace(" ", "_"),
-        "reason": None,
-        "x5t_s256": cert.x5t_s256,
-        "not_before": _iso(cert.not_before_ts),
-        "renew_after": _iso(cert.renew_after_ts),
-        "not_after": _iso(cert.not_after_ts),
-        "renews_in_seconds": round(cert.renew_after_ts - now),
-        "expires_in_seconds": round(cert.not_after_ts - now),
-        "client_id": cert.client_id,
-        "store": cert.store,
-    }
-
-
-def _token_rows(tokens: list[Any], cert: Any, now: float) -> list[dict[str, Any]]:
-    """The ``status --json`` objects of the shared cache's tokens: never the token itself."""
-    return [{
-        "resource": t.resource,
-        "x5t_s256": t.x5t_s256,
-        "bound_to_stored_certificate": cert is not None and t.x5t_s256 == cert.x5t_s256,
-        "expires_on": _iso(t.expires_on),
-        "expires_in_seconds": round(t.expires_on - now),
-        "refresh_on": _iso(t.refresh_on),
-    } for t in tokens]
-
-
-def _token_line(row: dict[str, Any]) -> str:
-    left = row["expires_in_seconds"]
-    when = f"expires in {_duration(left)}" if left > 0 else f"expired {_duration(-left)} ago"
-    bound = "" if row["bound_to_stored_certificate"] else ", bound to another certificate"
-    return f"  token  {row['resource']}  {when}{bound}"
-
-
-def _status_line(row: dict[str, Any], cert: Any, now: float, width: int) -> str:
-    name = row["identity"].ljust(width)
-    if row["state"] in ("corrupt", "unreadable"):
-        return f"{name}  {row['state']}: {row['reason']}"
-    bar = _bar(cert.not_before_ts, cert.renew_after_ts, cert.not_after_ts, now)
-    left = row["expires_in_seconds"]
-    due = row["renews_in_seconds"]
-    if row["state"] == "expired":
-        text = f"expired {_duration(-left)} ago"
-    elif row["state"] == "not_yet_valid":
-        text = f"valid in {_duration(cert.not_before_ts - now)}, check the clock"
-    elif due > 0:
-        text = f"renews in {_duration(due)}, expires in {_duration(left)}"
-    else:
-        text = f"renewal due {_duration(-due)} ago, expires in {_duration(left)}"
-    return f"{name}  {bar}  {text}  ({row['state'].replace('_', ' ')})"
-
-
 # --- commands ----------------------------------------------------------------------------
 def _client(args: argparse.Namespace, timeout: float | None = None):  # type: ignore[no-untyped-def]
     from ._client import ManagedIdentityClient
@@ -306,26 +212,21 @@ def _cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_missing(client: Any) -> bool:
-    """True when a file store's directory does not exist (status must not create it)."""
-    directory = client.store.directory
-    return directory is not None and not os.path.isdir(directory)
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     if args.all:
         return _status_all(args)
+    from ._cli_status import status_line, status_row, store_missing, token_line, token_rows
     from .backends.contract import CorruptEntry
 
     client = _client(args)
     now = time.time()
-    missing = _store_missing(client)
+    missing = store_missing(client)
     corrupt: CorruptEntry | None = None
     try:
         cert = None if missing else client.status()
     except CorruptEntry as exc:
         cert, corrupt = None, exc
-    tokens = _token_rows([] if missing else client.cached_tokens(), cert, now)
+    tokens = token_rows([] if missing else client.cached_tokens(), cert, now)
     counted = {"tokens_cached": len(tokens)}
     if cert is None:
         info: dict[str, Any] = {"identity": client.identity.alias,
@@ -334,20 +235,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
             info["reason"] = corrupt.reason
         info["store"] = client.store.description
     else:
-        row = _status_row(cert, now)
+        row = status_row(cert, now)
         info = {**cert.to_json(), **row}
         if not args.json:
-            print(_status_line(row, cert, now, len(row["identity"])))
+            print(status_line(row, cert, now, len(row["identity"])))
     if args.json:
         _print_kv({**info, **counted, "tokens": tokens}, True)
     else:
         _print_kv({**info, **counted}, False)
         for token in tokens:
-            print(_token_line(token))
+            print(token_line(token))
     return 0 if info["state"] in ("fresh", "renewing") else 1
 
 
 def _status_all(args: argparse.Namespace) -> int:
+    from ._cli_status import alias_of, entry_names, identity_from_alias, status_line, status_row
     from ._identity import Identity
     from ._shared_tokens import entries
     from .backends.contract import CorruptEntry
@@ -356,23 +258,18 @@ def _status_all(args: argparse.Namespace) -> int:
     directory = client.store.directory
     if directory is None:
         raise ValueError("status --all lists file stores only (use --store-dir)")
-    try:
-        names = [] if not os.path.isdir(directory) else sorted(
-            n for n in os.listdir(directory) if re.fullmatch(r"msal_mtls(\.[^.]+)?\.pem", n))
-    except OSError as exc:
-        raise StoreError(f"cannot list store directory {directory}: "
-                         f"{exc.strerror or type(exc).__name__}") from None
+    names = entry_names(directory)
     now = time.time()
     rows: list[tuple[dict[str, Any], Any]] = []
     for name in names:
         path = os.path.join(directory, name)
-        alias = _alias_in(path) or _alias_from_name(name) or name
+        alias = alias_of(path, name)
         try:
-            identity = _identity_from_alias(alias, Identity)
+            identity = identity_from_alias(alias, Identity)
             cert = client.store.find(identity, issuer_cn=client.issuer_cn)
             if cert is None:
                 continue  # removed while we looked
-            rows.append(({**_status_row(cert, now),
+            rows.append(({**status_row(cert, now),
                           "tokens_cached": len(entries(client.store, identity))}, cert))
         except (CorruptEntry, ValueError) as exc:
             reason = exc.reason if isinstance(exc, CorruptEntry) else str(exc)
@@ -392,48 +289,8 @@ def _status_all(args: argparse.Namespace) -> int:
     for row, cert in rows:
         cached = row.get("tokens_cached")
         tail = f", {cached} token{'' if cached == 1 else 's'} cached" if cached else ""
-        print(_status_line(row, cert, now, width) + tail)
+        print(status_line(row, cert, now, width) + tail)
     return 0 if ok else 1
-
-
-def _alias_in(path: str) -> str | None:
-    """The ``identity:`` header of the entry at ``path``; None when it is not a readable
-    regular file (a FIFO named like an entry must not hang the listing)."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        head = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    m = re.search(rb"^identity:\s*(\S+)\s*$", head, re.M)
-    return m.group(1).decode("utf-8", "replace") if m else None
-
-
-def _alias_from_name(name: str) -> str | None:
-    """The identity a file name stands for when its header cannot tell (resource ids are
-    hashed in the name, so those stay unknown)."""
-    m = re.fullmatch(r"msal_mtls(?:\.(client_id|object_id)-([0-9a-fA-F-]{36}))?\.pem", name)
-    if m is None:
-        return None
-    return f"{m.group(1)}={m.group(2)}" if m.group(1) else "system"
-
-
-def _identity_from_alias(alias: str, identity_cls: Any) -> Any:
-    if alias == "system":
-        return identity_cls()
-    kind, sep, value = alias.partition("=")
-    if not sep or kind not in ("client_id", "object_id", "resource_id"):
-        raise ValueError(f"unknown identity {alias!r} in the entry header")
-    return identity_cls.from_selectors(**{kind: value})
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -465,8 +322,10 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
+    from ._cli_status import store_missing
+
     client = _client(args)
-    missing = _store_missing(client)
+    missing = store_missing(client)
     tokens = 0 if missing else len(client.cached_tokens())
     gone = [] if missing else client.purge()
     n = len(gone)

@@ -1,41 +1,44 @@
-"""Token leg for a client: per-certificate mTLS pools, the token cache, and what each refusal
-by ESTS calls for (revocation remediation, a claims challenge, a TLS alert)."""
+"""Token leg for a client: the token cache in front of ESTS, per certificate.
+
+:class:`TokenManager` serves a token from memory (lock-free on a hit), else from the
+identity's token cache shared with other processes (:mod:`msicert._shared_tokens`), else from
+one ESTS request per scope at a time, in this process and across processes
+(:mod:`msicert._token_request` says what each refusal calls for). It refreshes a token before
+it must, answers a claims challenge with a new certificate, and follows a certificate that
+another process replaced in the store. Calls to resources with the token live in
+:mod:`msicert._resource_call`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, TypeVar
 
 from . import _correlation
-from ._backoff import Backoff
-from ._errors import MsiCertError, StoreError, TokenError
+from ._errors import StoreError, TokenError
 from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
+from ._token_request import STALE_TRIES, CertificateSource, token_response
 from .backends.contract import StaleCertificate, Transport
-from .wire._ests import EstsRejected, EstsTimeout, TokenResponse, request_token, scope_for
+from .wire._ests import TokenResponse, scope_for
 
 if TYPE_CHECKING:
     import urllib3
 
     from ._shared_tokens import SharedTokens
 
-__all__ = ["MAX_CACHED", "MAX_RESPONSE", "CertificateSource", "TokenManager"]
+__all__ = ["MAX_CACHED", "TokenManager"]
 
 log = LazyLogger("msicert")
 T = TypeVar("T")
 _EXPIRY_MARGIN = 300.0
 MAX_CACHED = 256  # token cache entries (resources); a service talks to a handful
-_STALE_TRIES = 3  # store entry replaced under us again and again: then it is an error
-# Pauses between revocation remediation rounds (after the first, which starts at once).
-_REMEDIATION_BACKOFF = Backoff(initial=1.0, maximum=30.0)
 _REFRESH_REMEDIATION = 10.0  # a refresh serves a good cached token: it waits this long at most
 
 
@@ -58,128 +61,6 @@ class _Slot:
         self.lock = threading.Lock()
         self.cached: _Cached | None = None
         self.claims_done: tuple[str, float, AccessToken] | None = None
-
-
-# --- what a failed TLS/transport attempt means -----------------------------------------------
-
-class _Failure(enum.Enum):
-    REJECTED = "ESTS rejected our certificate"  # evict, mint, retry once
-    SERVER_UNVERIFIED = "ESTS's certificate could not be verified"  # never evict
-    TRANSIENT = "the connection closed during the request"  # retry once, never evict
-    TLS = "TLS with ESTS failed"  # neither
-    OTHER = "cannot reach ESTS"
-
-
-# TLS alerts a server sends about the client's certificate (OpenSSL reason codes).
-_CLIENT_CERT_ALERTS = frozenset({
-    "SSLV3_ALERT_BAD_CERTIFICATE",
-    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-    "SSLV3_ALERT_CERTIFICATE_REVOKED",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-    "TLSV1_ALERT_UNKNOWN_CA",
-    "TLSV1_ALERT_ACCESS_DENIED",
-    "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-})
-_EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF_OCCURRED_IN_VIOLATION_OF_PROTOCOL"})
-# WinHTTP (the WinHTTP transport raises urllib3 errors caused by a NativeError with .winerror):
-# the client certificate was asked for or refused / the server's certificate failed our check.
-_WINHTTP_REJECTED = frozenset({12044, 12157})
-_WINHTTP_SERVER_UNVERIFIED = frozenset({12037, 12038, 12045, 12169, 12175})
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        e = stack.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        stack.extend([e.__cause__, e.__context__, *e.args])
-
-
-def _classify(exc: BaseException) -> tuple[_Failure, str]:
-    """What a urllib3 error from the token request means, and a short why (no secrets)."""
-    import http.client
-    import ssl  # not before a request failed: a shared-cache hit never loads it
-
-    found: dict[_Failure, str] = {}
-    for e in _chain(exc):
-        reason = getattr(e, "reason", None) if isinstance(e, ssl.SSLError) else None
-        winerror = getattr(e, "winerror", None)
-        if isinstance(e, ssl.SSLCertVerificationError):
-            found.setdefault(_Failure.SERVER_UNVERIFIED,
-                             e.verify_message or e.reason or "verification failed")
-        elif type(e).__name__ == "CertificateError":  # urllib3's own hostname check
-            found.setdefault(_Failure.SERVER_UNVERIFIED, str(e)[:200])
-        elif winerror in _WINHTTP_SERVER_UNVERIFIED:
-            found.setdefault(_Failure.SERVER_UNVERIFIED, f"WinHTTP error {winerror}")
-        elif reason in _CLIENT_CERT_ALERTS:
-            found.setdefault(_Failure.REJECTED, f"TLS alert {reason}")
-        elif winerror in _WINHTTP_REJECTED:
-            found.setdefault(_Failure.REJECTED, f"WinHTTP error {winerror}")
-        elif isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
-                            ConnectionAbortedError, BrokenPipeError,
-                            http.client.RemoteDisconnected)) or reason in _EOF_REASONS:
-            found.setdefault(_Failure.TRANSIENT, type(e).__name__)
-        elif isinstance(e, ssl.SSLError):
-            found.setdefault(_Failure.TLS, str(reason or type(e).__name__))
-    for kind in (_Failure.SERVER_UNVERIFIED, _Failure.REJECTED, _Failure.TRANSIENT, _Failure.TLS):
-        if kind in found:
-            return kind, found[kind]
-    return _Failure.OTHER, type(exc).__name__
-
-
-class _Rejected(Exception):
-    """Internal: ESTS's TLS layer refused the client certificate."""
-
-
-def _scrub(exc: BaseException) -> None:
-    """Clear the locals of the finished frames in ``exc``'s tracebacks (its chain included).
-
-    Error reporters that capture locals (Sentry and its kin) would find the Authorization
-    header in urllib3's and http.client's frames. The stack itself (files, lines) is kept.
-    """
-    import traceback
-
-    for e in _chain(exc):
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
-
-
-class CertificateSource(Protocol):
-    """What the token leg needs of a client (``ManagedIdentityClient`` is one): the current
-    certificate, and ways to drop, renew or replace it."""
-
-    remediation_timeout: float
-
-    def get_certificate(self) -> BindingCertificate:
-        """A usable binding certificate (memory, store, or a new mint)."""
-
-    def forget(self, x5t_s256: str | None = None) -> None:
-        """Drop the in-memory certificate (only ``x5t_s256``, when given)."""
-
-    def _binding_certificate(self) -> BindingCertificate:
-        """The certificate a new token is bound to (renewed first when less than a day is
-        left and renewal is due)."""
-
-    def _replace(self, rejected: str, *, why: str, deadline: float | None = None,
-                 gated: bool = True) -> BindingCertificate:
-        """A usable certificate other than ``rejected``: someone else's, or a fresh mint."""
-
-    def _gate_check(self, now: float) -> None:
-        """Raise the error of an open back-off window."""
-
-    def _refused_recently(self, x5t_s256: str) -> bool:
-        """True while ESTS's refusal of that certificate is inside its back-off window."""
-
-    def _certificate_refused(self, cert: BindingCertificate, exc: BaseException) -> None:
-        """ESTS kept refusing ``cert`` although it was fresh: open the back-off window."""
-
-    def _token_succeeded(self) -> None:
-        """ESTS accepted a certificate: close a window its refusal opened."""
 
 
 class TokenManager:
@@ -412,7 +293,7 @@ class TokenManager:
         another process made under us: a stale or missing entry is forgotten and the store
         read again (or one certificate minted) instead of failing the caller."""
         cert = self._client.get_certificate()
-        for _ in range(_STALE_TRIES - 1):
+        for _ in range(STALE_TRIES - 1):
             try:
                 return cert, use(cert)
             except StaleCertificate as exc:
@@ -433,107 +314,16 @@ class TokenManager:
     ) -> AccessToken:
         """Ask ESTS, in one operation (one correlation id). ``replace``: first put a fresh
         certificate in place of that one (a claims challenge). Refusals are handled by
-        :meth:`_token_response`."""
+        :func:`~msicert._token_request.token_response`."""
         with _correlation.operation() as cid:
             if replace is not None:
                 cert = self._client._replace(replace, why="a resource sent a claims challenge")
                 self._evict(replace)
             else:
                 cert = self._client._binding_certificate()
-            cert, resp = self._token_response(cert, resource, claims, cid, remediation)
+            cert, resp = token_response(self, cert, resource, claims, cid, remediation)
             self._client._token_succeeded()
             return self._remember(slot, key, cert, resp, cid)
-
-    def _token_response(
-        self, cert: BindingCertificate, resource: str, claims: str | None, cid: str,
-        remediation: float | None,
-    ) -> tuple[BindingCertificate, TokenResponse]:
-        """The token request, and what each refusal calls for:
-
-        - ``invalid_client`` that a new certificate fixes (AADSTS 1000610-1000614, or no
-          ``error_codes``): mint with ``bypass_cache=true`` and ask again, round after
-          round with growing, jittered pauses, until ESTS accepts or ``remediation_timeout``
-          is up (then a TokenError naming the code and the rounds; the back-off opens);
-        - a TLS alert about our certificate: one new certificate, one more try;
-        - the store entry changed under us: read it again;
-        - anything else: raised at once, nothing minted.
-        """
-        timeout = self._client.remediation_timeout if remediation is None else remediation
-        deadline = time.monotonic() + timeout
-        rounds = tls_retried = stale = 0
-        while True:
-            if self._client._refused_recently(cert.x5t_s256):
-                self._client._gate_check(self._clock())
-            try:
-                return cert, self._post_with_retry(
-                    cert, resource, claims, cid, deadline if rounds else None)
-            except StaleCertificate as exc:
-                stale += 1
-                if stale >= _STALE_TRIES:
-                    raise
-                cert = self._reload(cert, exc)
-            except EstsRejected as exc:
-                if not exc.remediable:
-                    raise
-                rounds += 1
-                cert = self._remediate(cert, exc, rounds, deadline, timeout)
-            except _Rejected as exc:
-                if tls_retried:
-                    error = TokenError(
-                        f"ESTS rejected the client certificate twice (new certificate too): "
-                        f"{exc}", correlation_id=cid)
-                    self._client._certificate_refused(cert, error)
-                    raise error from exc
-                tls_retried = 1
-                log.warning("ESTS rejected certificate %s in the TLS handshake (%s); minting "
-                            "a new one (correlation_id=%s)", cert.x5t_s256, exc, cid)
-                rejected = cert.x5t_s256
-                cert = self._client._replace(rejected, why=f"ESTS refused it in the TLS "
-                                             f"handshake ({exc})")
-                self._evict(rejected)
-
-    def _remediate(
-        self, cert: BindingCertificate, exc: EstsRejected, rounds: int, deadline: float,
-        timeout: float,
-    ) -> BindingCertificate:
-        """One remediation round: wait (after the first), then a fresh certificate. Past
-        the deadline (before the pause, or during the mint), a TokenError that names the
-        refusal and the rounds made."""
-
-        def exhausted(done: int) -> TokenError:
-            error = TokenError(
-                f"ESTS kept answering invalid_client ({exc.aadsts}) for the binding "
-                f"certificate: {done} remediation round(s), each with a new certificate "
-                f"(bypass_cache=true), within remediation_timeout ({timeout:g} s); a "
-                "TLS-inspecting proxy, or a revoked identity?",
-                error=exc.error, error_description=exc.error_description,
-                correlation_id=exc.correlation_id, status=exc.status)
-            self._client._certificate_refused(cert, error)
-            return error
-
-        left = deadline - time.monotonic()
-        if rounds > 1:
-            pause = min(_REMEDIATION_BACKOFF.delay(rounds - 1), max(0.0, left))
-            if left <= 0 or pause >= left:
-                raise exhausted(rounds - 1) from exc
-            log.info("ESTS refused the new certificate %s too (%s); round %d in %.1f s",
-                     cert.x5t_s256, exc.aadsts, rounds, pause, extra={"wait": True})
-            self._sleep(pause)
-        else:
-            log.warning("ESTS answered invalid_client (%s) for certificate %s: minting a new "
-                        "one (correlation_id=%s)", exc.aadsts, cert.x5t_s256,
-                        exc.correlation_id)
-        rejected = cert.x5t_s256
-        try:
-            new = self._client._replace(
-                rejected, why=f"ESTS answered invalid_client ({exc.aadsts})",
-                deadline=deadline, gated=rounds == 1)
-        except MsiCertError as failure:
-            if rounds > 1 and time.monotonic() >= deadline:
-                raise exhausted(rounds - 1) from failure  # the deadline ran out in the mint
-            raise
-        self._evict(rejected)
-        return new
 
     def _evict(self, x5t_s256: str) -> None:
         """A certificate that was replaced: its pool, contexts and tokens go."""
@@ -548,65 +338,6 @@ class TokenManager:
                     slot.cached = None
         if self._shared is not None:  # other processes never read them again either
             self._shared.drop(x5t_s256, self._clock())
-
-    def _post_with_retry(
-        self, cert: BindingCertificate, resource: str, claims: str | None, cid: str,
-        deadline: float | None,
-    ) -> TokenResponse:
-        """One token request; a 5xx (without Retry-After) or a connection closed under it is
-        retried once. ``deadline`` (a remediation's) bounds the request further."""
-        import urllib3
-
-        timeout = urllib3.Timeout(connect=self._timeouts.connect, read=self._timeouts.read)
-        total = self._timeouts.total
-        if deadline is not None:
-            left = max(0.05, deadline - time.monotonic())
-            total = left if total is None else min(total, left)
-        for attempt in (1, 2):
-            try:
-                return request_token(
-                    self.tls.pool(cert), mtls_endpoint=cert.mtls_endpoint,
-                    tenant_id=cert.tenant_id, client_id=cert.client_id, resource=resource,
-                    claims=claims, timeout=timeout, total_timeout=total, correlation_id=cid,
-                )
-            except EstsTimeout:
-                raise
-            except EstsRejected as exc:
-                # MSAL.NET's HttpRetryConditions.Sts: a 5xx is retried, unless ESTS asked
-                # to back off with Retry-After.
-                if (exc.status is not None and exc.status >= 500 and attempt == 1
-                        and not exc.retry_after):
-                    log.debug("ESTS answered %s; retrying once", exc.status)
-                    self._sleep(self._server_error_delay)
-                    continue
-                raise
-            except urllib3.exceptions.HTTPError as exc:
-                kind, why = _classify(exc)
-                if kind is _Failure.REJECTED:
-                    raise _Rejected(why) from exc
-                if kind is _Failure.TRANSIENT and attempt == 1:
-                    log.debug("connection to ESTS closed during the request (%s); retrying "
-                              "once", why)
-                    continue
-                if kind is _Failure.SERVER_UNVERIFIED:
-                    raise TokenError(
-                        f"ESTS's certificate could not be verified ({why}) at "
-                        f"{cert.mtls_endpoint}; check the system trust store (SSL_CERT_FILE/"
-                        "SSL_CERT_DIR), the endpoint name and any TLS-inspecting proxy; the "
-                        "binding certificate was kept", correlation_id=cid,
-                    ) from exc
-                if kind is _Failure.TLS:
-                    raise TokenError(
-                        f"TLS with ESTS at {cert.mtls_endpoint} failed ({why}); not an alert "
-                        "about our certificate, so it was kept", correlation_id=cid,
-                    ) from exc
-                if kind is _Failure.TRANSIENT:
-                    raise TokenError(f"ESTS at {cert.mtls_endpoint} closed the connection "
-                                     f"twice ({why}); the certificate was kept",
-                                     correlation_id=cid) from exc
-                raise TokenError(f"cannot reach ESTS at {cert.mtls_endpoint}: {why}",
-                                 correlation_id=cid) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _remember(
         self, slot: _Slot, key: str, cert: BindingCertificate, resp: TokenResponse, cid: str,
@@ -666,92 +397,10 @@ class TokenManager:
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
     ) -> urllib3.BaseHTTPResponse:
-        """Call ``url`` over mTLS with ``Authorization: mtls_pop <token>`` for ``resource``.
+        """Call ``url`` over mTLS with ``Authorization: mtls_pop <token>`` for ``resource``
+        (https only; ``timeout`` bounds the whole call): see
+        :func:`msicert._resource_call.request`."""
+        from ._resource_call import request
 
-        ``url`` must be https: anything else raises ValueError before any token is acquired
-        or any connection made (the token would travel in cleartext). ``timeout`` bounds the
-        whole request (a watchdog shuts the socket down when it passes), however slowly the
-        server sends its head or body: when it runs out, TimeoutError (the built-in) naming
-        the URL and the timeout, caused by what urllib3 raised. The body read is capped at
-        :data:`MAX_RESPONSE` bytes.
-        """
-        import urllib3
-
-        from .wire._watchdog import Watchdog
-
-        require_https(url)
-        token = self.acquire(resource)
-        cert, pool = self.current(self.tls.pool)
-        if cert.x5t_s256 != token.x5t_s256:  # rotated in between: bind to the new one
-            token = self.acquire(resource)
-            cert, pool = self.current(self.tls.pool)
-        watch = Watchdog(timeout)
-        try:
-            try:
-                with watch:
-                    resp: urllib3.BaseHTTPResponse = pool.request(
-                        method, url, body=body, headers=_with_authorization(headers, token),
-                        timeout=watch.clip(urllib3.Timeout(connect=timeout, read=timeout)),
-                        redirect=False, preload_content=False,
-                    )
-                    try:
-                        data = resp.read(MAX_RESPONSE + 1, decode_content=True)
-                    finally:
-                        watch.disarm()
-                        resp.release_conn()
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                # The watchdog shut the socket down (whatever urllib3 made of that), or a
-                # connect or read timeout ran out: either way the time was up.
-                if watch.fired or _timed_out(exc):
-                    raise TimeoutError(f"{url} did not answer within {timeout:g} s") from exc
-                raise
-            if watch.fired:
-                raise TimeoutError(f"{url} did not answer within {timeout:g} s")
-            if len(data) > MAX_RESPONSE:
-                raise ValueError(f"{url} answered more than {MAX_RESPONSE} bytes")
-            return _preloaded(resp, data, url)
-        except BaseException as exc:
-            _scrub(exc)  # the frames below held the Authorization header
-            raise
-
-
-MAX_RESPONSE = 64 * 1024 * 1024
-"""The most :meth:`TokenManager.request` reads of a response body (bytes)."""
-
-
-def _timed_out(exc: BaseException) -> bool:
-    """True for urllib3's connect or read timeout (not a refused connection, which urllib3 2
-    makes a subclass of its connect timeout)."""
-    import urllib3
-
-    errors = urllib3.exceptions
-    return (isinstance(exc, (errors.ReadTimeoutError, errors.ConnectTimeoutError, TimeoutError))
-            and not isinstance(exc, errors.NewConnectionError))
-
-
-def _preloaded(resp: Any, data: bytes, url: str) -> urllib3.BaseHTTPResponse:
-    """A urllib3 response holding ``data`` (already decoded), as ``preload_content=True``
-    would have returned it, for what the transport answered (urllib3's or WinHTTP's)."""
-    import urllib3
-
-    return urllib3.HTTPResponse(
-        body=data, headers=resp.headers, status=resp.status,
-        reason=getattr(resp, "reason", None), version=getattr(resp, "version", 11) or 11,
-        preload_content=False, decode_content=False, request_url=url,
-    )
-
-
-def require_https(url: str) -> None:
-    """ValueError unless ``url`` is an absolute https URL."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        shown = parts.scheme or "no scheme"
-        raise ValueError(f"request() sends an mtls_pop token and needs an https:// URL, not "
-                         f"{shown!r}; refusing before any connection")
-
-
-def _with_authorization(headers: Mapping[str, str] | None, token: AccessToken) -> dict[str, str]:
-    # Built in its own frame: the caller's frame never holds the header in a local.
-    merged = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
-    merged["Authorization"] = f"mtls_pop {token.access_token}"
-    return merged
+        return request(self, method, url, resource=resource, body=body, headers=headers,
+                       timeout=timeout)

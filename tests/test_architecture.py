@@ -121,24 +121,28 @@ def _layer_violations(source: str, forbidden: tuple[str, ...]) -> list[str]:
     )
 
 
+# The token leg: the token cache, the token request to ESTS, the resource call and what a
+# failed attempt means.
+TOKEN_LEG = ("msicert._token_cache", "msicert._token_request", "msicert._resource_call",
+             "msicert._transport_failure")
+
+
 @pytest.mark.parametrize(("source", "forbidden"), [
     # the wire formats know no backend (the contract's types excepted) and no orchestration
     ("msicert.wire", ("msicert.backends.posix", "msicert.backends.windows", "msicert._client",
-                      "msicert._lifecycle", "msicert._mint", "msicert._token_cache",
-                      "msicert._cli")),
-    # a backend never reaches the other backend, the client, its lifecycle or the token cache
+                      "msicert._lifecycle", "msicert._mint", *TOKEN_LEG, "msicert._cli")),
+    # a backend never reaches the other backend, the client, its lifecycle or the token leg
     ("msicert.backends.posix", ("msicert.backends.windows", "msicert._client",
-                                "msicert._lifecycle", "msicert._mint", "msicert._token_cache")),
+                                "msicert._lifecycle", "msicert._mint", *TOKEN_LEG)),
     ("msicert.backends.windows", ("msicert.backends.posix", "msicert._client",
-                                  "msicert._lifecycle", "msicert._mint",
-                                  "msicert._token_cache")),
+                                  "msicert._lifecycle", "msicert._mint", *TOKEN_LEG)),
     # the contract is the bottom of the backends: it names no backend
     ("msicert.backends.contract", ("msicert.backends.posix", "msicert.backends.windows")),
     # the client and the token leg see backends only through the contract and default_store
     ("msicert._client", ("msicert.backends.posix", "msicert.backends.windows")),
     ("msicert._lifecycle", ("msicert.backends.posix", "msicert.backends.windows")),
     ("msicert._mint", ("msicert.backends.posix", "msicert.backends.windows")),
-    ("msicert._token_cache", ("msicert.backends.posix", "msicert.backends.windows")),
+    *[(module, ("msicert.backends.posix", "msicert.backends.windows")) for module in TOKEN_LEG],
 ])
 def test_layers_import_one_way(source: str, forbidden: tuple[str, ...]) -> None:
     assert _layer_violations(source, forbidden) == []

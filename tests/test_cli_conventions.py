@@ -18,7 +18,7 @@ import urllib3
 
 import msicert
 from msicert import ManagedIdentityClient
-from msicert._cli import _bar, _duration
+from msicert._cli_status import bar, duration
 from msicert._identity import Identity
 from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault, decode_token_payload
@@ -195,12 +195,12 @@ def test_timeout_maps_to_the_deadline(emu, store_dir):
 
 # --- 6. status -----------------------------------------------------------------------------------
 def test_duration_and_bar_render_the_lifetime():
-    assert _duration(2 * 86400 + 4 * 3600 + 59) == "2d 04h"
-    assert _duration(3600 + 5 * 60) == "1h 05m"
-    assert _duration(62.4) == "1m 02s" and _duration(41.6) == "42s" and _duration(-3) == "0s"
-    assert _bar(0, 50, 100, 0) == "░" * 9 + "│" + "░" * 8
-    assert _bar(0, 50, 100, 25) == "████▌" + "░" * 4 + "│" + "░" * 8
-    assert _bar(0, 50, 100, 100) == "█" * 18
+    assert duration(2 * 86400 + 4 * 3600 + 59) == "2d 04h"
+    assert duration(3600 + 5 * 60) == "1h 05m"
+    assert duration(62.4) == "1m 02s" and duration(41.6) == "42s" and duration(-3) == "0s"
+    assert bar(0, 50, 100, 0) == "░" * 9 + "│" + "░" * 8
+    assert bar(0, 50, 100, 25) == "████▌" + "░" * 4 + "│" + "░" * 8
+    assert bar(0, 50, 100, 100) == "█" * 18
 
 
 def test_status_all_lists_every_identity_with_a_lifetime_bar(emu, store_dir):

@@ -65,7 +65,8 @@ for argv in (["--help"], ["cert", "--help"], ["status", "--help"], ["token", "--
             codes.append(_cli.main(argv))
         except SystemExit as exc:
             codes.append(exc.code)
-for name in ("msicert._client", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+for name in ("msicert._client", "msicert._cli_status", "msicert._demo", "msicert._token_cache",
+             "msicert._resource_call", "msicert._transport_failure", "msicert.wire._ests",
              "msicert.backends.posix._ssl_transport", "msicert.backends.contract",
              "msicert.emulator"):
     importlib.import_module(name)
@@ -255,7 +256,8 @@ def test_hook_dirs_and_hiddenimports() -> None:
     hook_msicert = runpy.run_path(str(Path(hook_dir) / "hook-msicert.py"))
     hook_native = runpy.run_path(str(Path(hook_dir) / "hook-msicert_native.py"))
     hidden = set(hook_msicert["hiddenimports"])
-    for name in ("msicert._cli", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+    for name in ("msicert._cli", "msicert._cli_status", "msicert._demo", "msicert._token_cache",
+                 "msicert._resource_call", "msicert._transport_failure", "msicert.wire._ests",
                  "msicert.backends.posix._ssl_transport", "msicert.emulator",
                  "msicert.emulator._server", "urllib3",
                  "msicert_native"):
@@ -464,7 +466,8 @@ def test_frozen_bundle_contents(frozen: Frozen) -> None:
     proc = _run([viewer, "--recursive", "--brief", frozen.exe], cwd=frozen.exe.parent,
                 timeout=120)
     entries = {line.strip() for line in proc.stdout.splitlines()}
-    for name in ("msicert._cli", "msicert._demo", "msicert._token_cache", "msicert.wire._ests",
+    for name in ("msicert._cli", "msicert._cli_status", "msicert._demo", "msicert._token_cache",
+                 "msicert._resource_call", "msicert._transport_failure", "msicert.wire._ests",
                  "msicert.backends.posix._ssl_transport", "msicert.emulator",
                  "msicert.emulator._server", "urllib3",
                  "msicert_native", "msicert_native._ffi", "msicert_native._cffi_impl",

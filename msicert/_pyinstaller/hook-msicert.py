@@ -14,9 +14,12 @@ from msicert._pyinstaller._collect import submodules
 # sees them, but a frozen CLI that lacks one fails only when that command runs, so name them.
 _LAZY = [
     "msicert._cli",
+    "msicert._cli_status",
     "msicert._client",
     "msicert._demo",
+    "msicert._resource_call",
     "msicert._token_cache",
+    "msicert._transport_failure",
     "msicert.backends",
     "msicert.backends.contract",
     "msicert.backends.posix._file_store",

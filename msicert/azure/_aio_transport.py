@@ -27,7 +27,7 @@ from azure.core.utils import case_insensitive_dict
 
 from .._client import ManagedIdentityClient
 from .._errors import MsiCertError
-from .._token_cache import _scrub
+from .._transport_failure import scrub
 from ._binding import Stale, bind, with_token
 from ._credential import acquire
 from ._issued import issued_for
@@ -207,7 +207,7 @@ class AsyncMtlsTransport(AsyncHttpTransport):  # type: ignore[type-arg]
         except BaseException as exc:
             headers.clear()
             clone.headers.clear()
-            _scrub(exc)  # aiohttp's frames held the header
+            scrub(exc)  # aiohttp's frames held the header
             raise
         finally:
             headers.clear()

@@ -14,7 +14,7 @@ from azure.core.rest import HttpRequest
 from .._client import ManagedIdentityClient
 from .._errors import MsiCertError
 from .._lazylog import LazyLogger
-from .._token_cache import _scrub
+from .._transport_failure import scrub
 from ._binding import Stale, bind, with_token
 from ._credential import acquire
 from ._issued import issued_for
@@ -136,14 +136,14 @@ class MtlsTransport(HttpTransport):  # type: ignore[type-arg]
             )
         except urllib3.exceptions.HTTPError as exc:
             headers.clear()
-            _scrub(exc)  # urllib3's and http.client's frames held the header
+            scrub(exc)  # urllib3's and http.client's frames held the header
             raise request_error(exc) from exc
         except MsiCertError as exc:
             headers.clear()
             raise ClientAuthenticationError(f"no binding certificate: {exc}") from exc
         except BaseException as exc:
             headers.clear()
-            _scrub(exc)
+            scrub(exc)
             raise
         headers.clear()
         return make_response(request, raw, stream=stream, block_size=self._block_size)
