@@ -163,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--lifetime", type=float, default=7 * 86400.0,
                    help="certificate lifetime in seconds (default 7 days)")
     e.add_argument("--backdate", type=float, default=60.0,
-                   help="seconds NotBefore lies before issue (default 60)")
+                   help="seconds NotBefore lies before issuance (default 60)")
     sub.add_parser("demo", parents=[common],
                    help="cold mint, warm store hit and renewal against the emulator")
     return p

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="IMDS port (0 = any free port)")
     parser.add_argument("--lifetime", type=float, default=604800.0, help="certificate seconds")
     parser.add_argument("--backdate", type=float, default=60.0,
-                        help="seconds NotBefore lies before issue (default 60)")
+                        help="seconds NotBefore lies before issuance (default 60)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
     args = parser.parse_args(argv)
     if args.verbose:
