@@ -13,11 +13,14 @@ from msicert._pyinstaller._collect import submodules
 # Imported lazily (inside functions) by the CLI, the client and the demo; modulegraph usually
 # sees them, but a frozen CLI that lacks one fails only when that command runs, so name them.
 _LAZY = [
+    "msicert._capabilities",
     "msicert._cli",
     "msicert._cli_status",
     "msicert._client",
     "msicert._demo",
+    "msicert._probe",
     "msicert._resource_call",
+    "msicert._shared_tokens",
     "msicert._token_cache",
     "msicert._transport_failure",
     "msicert.backends",
