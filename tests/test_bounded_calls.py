@@ -8,7 +8,6 @@ meets the emulator's ``trickle_headers`` / ``trickle_body`` faults on its mTLS `
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -18,66 +17,10 @@ import pytest
 from msicert import probe
 from msicert.emulator import Fault
 from tests.conftest import cli_env
+from tests.trickler import Trickler
 
 SLACK = 1.5  # seconds allowed past a timeout (thread wake-ups on a loaded 2-core machine)
 RESOURCE = "https://vault.azure.net"
-
-
-class Trickler:
-    """Answers every connection slowly, for ever (until closed): ``status`` sends the status
-    line one byte at a time, ``headers`` one header line at a time, ``body`` one body byte
-    at a time after a whole head. The status is 400, what a host with IMDS v2 answers a probe.
-    """
-
-    def __init__(self, what: str, interval: float = 0.05) -> None:
-        self.what, self.interval = what, interval
-        self.stop = threading.Event()
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _chunks(self):
-        status = b"HTTP/1.1 400 Bad Request\r\n"
-        if self.what == "status":
-            yield from (status[i : i + 1] for i in range(len(status)))
-            while True:  # then header bytes, one at a time
-                yield b"X"
-        yield status + b"Server: IMDS/150.870.65.1854\r\n"
-        if self.what == "headers":
-            n = 0
-            while True:
-                n += 1
-                yield f"X-Slow-{n}: 1\r\n".encode()
-        yield b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
-        while True:
-            yield b"{"
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(65536)
-                for chunk in self._chunks():
-                    conn.sendall(chunk)
-                    if self.stop.wait(self.interval):
-                        return
-            except OSError:
-                return  # the client gave up: what is being tested
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 @pytest.fixture(params=["status", "headers", "body"])

@@ -22,6 +22,7 @@ from msicert.backends.posix._file_store import FileStore
 from msicert.emulator import Fault
 from msicert.wire._imds import ImdsClient
 from msicert.wire._retry import RetryPolicy
+from tests.trickler import Trickler
 
 RESOURCE = "https://vault.azure.net"
 SLACK = 1.5  # s added to every measured upper bound: generous, speed targets live in benchmarks
@@ -312,44 +313,6 @@ def test_with_a_deadline_a_caller_without_a_certificate_gets_the_error_within_it
     assert time.monotonic() - t0 < 0.5 + SLACK
 
 
-class Trickler:
-    """Loopback HTTP server that answers with a status line and then one byte (or one header
-    line) every 0.1 s, for ever: each wait is far below any read timeout."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.stop = threading.Event()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.recv(65536)
-                head = b"HTTP/1.1 200 OK\r\nServer: IMDS/1\r\n"
-                conn.sendall(head + (b"Content-Length: 100000\r\n\r\n"
-                                     if self.what == "body" else b""))
-                while not self.stop.wait(0.1):
-                    conn.sendall(b"x" if self.what == "body" else b"X-Slow: 1\r\n")
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
 def _call_with_deadline(url: str, deadline: float) -> tuple[float, BaseException | None]:
     imds = ImdsClient(url, read_timeout=2.0, retry=RetryPolicy(scale=0.001))
     out: list = []
@@ -370,7 +333,7 @@ def _call_with_deadline(url: str, deadline: float) -> tuple[float, BaseException
 
 
 def test_the_deadline_holds_against_an_imds_that_trickles_its_body():
-    server = Trickler("body")
+    server = Trickler("body", status=b"HTTP/1.1 200 OK")
     try:
         elapsed, error = _call_with_deadline(server.url, 0.5)
     finally:
@@ -380,7 +343,7 @@ def test_the_deadline_holds_against_an_imds_that_trickles_its_body():
 
 
 def test_the_deadline_holds_against_an_imds_that_trickles_its_headers():
-    server = Trickler("headers")
+    server = Trickler("headers", status=b"HTTP/1.1 200 OK")
     try:
         elapsed, error = _call_with_deadline(server.url, 0.5)
     finally:
