@@ -43,8 +43,14 @@ def control(method: str, name: str, document: Any = None) -> Any:
         return json.loads(response.read())
 
 
+def stats() -> dict[str, int]:
+    """The emulator's call counts by endpoint."""
+    counts: dict[str, int] = control("GET", "stats")["counts"]
+    return counts
+
+
 def issue_count() -> int:
-    return int(control("GET", "stats")["counts"]["issuecredential"])
+    return stats()["issuecredential"]
 
 
 @contextlib.contextmanager

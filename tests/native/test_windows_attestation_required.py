@@ -8,30 +8,18 @@ a host answers 400 "Attestation Token is missing / empty in the issue credential
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from native_testutil import needs_windows
+from neighbours import control, issue_count
 
 pytestmark = needs_windows
 
 IMDS = os.environ.get("MSICERT_WINE_IMDS", "")
 FAKE_DLL = os.environ.get("MSICERT_WINE_FAKE_ATTESTATION_DLL", "")
-
-
-def _control(method: str, name: str, document: Any = None) -> Any:
-    data = None if document is None else json.dumps(document).encode()
-    request = urllib.request.Request(f"{IMDS}/__emulator__/{name}", data=data, method=method)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _issue_count() -> int:
-    return int(_control("GET", "stats")["counts"]["issuecredential"])
 
 
 @pytest.fixture
@@ -43,27 +31,27 @@ def attesting_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from msicert.wire._retry import RetryPolicy
 
     monkeypatch.delenv("MSICERT_ATTESTATION_DLL", raising=False)
-    assert _control("POST", "config", {"require_attestation": True})["require_attestation"]
+    assert control("POST", "config", {"require_attestation": True})["require_attestation"]
     client = ManagedIdentityClient(imds_endpoint=IMDS, retry=RetryPolicy(scale=0.01))
     client.purge()
     try:
         yield client
     finally:
         client.purge()
-        _control("POST", "config", {"require_attestation": False})
+        control("POST", "config", {"require_attestation": False})
 
 
 def test_software_ksp_key_is_named_in_the_attestation_error(attesting_client: Any) -> None:
     from msicert import AttestationRequiredError
 
-    before = _issue_count()
+    before = issue_count()
     with pytest.raises(AttestationRequiredError) as info:
         attesting_client.get_certificate()
     err = info.value
     assert err.key_kind == "software-ksp" and err.attested is False and err.status == 400
     assert "this host's IMDS requires a KeyGuard key with attestation" in str(err)
     assert "a software-KSP key" in str(err)
-    assert _issue_count() == before + 1  # never retried
+    assert issue_count() == before + 1  # never retried
     assert attesting_client.status() is None
 
 
@@ -75,12 +63,12 @@ def test_keyguard_without_the_dll_is_named_fake_vbs_boundary(
 
     monkeypatch.setattr(msicert_native, "is_virtual_iso", lambda key: True)
     monkeypatch.setenv("MSICERT_ATTESTATION_DLL", "Z:\\nonexistent\\AttestationClientLib.dll")
-    before = _issue_count()
+    before = issue_count()
     with pytest.raises(AttestationRequiredError) as info:
         attesting_client.get_certificate()
     assert info.value.key_kind == "keyguard" and info.value.attested is False
     assert "a KeyGuard key without an attestation token" in str(info.value)
-    assert _issue_count() == before + 1
+    assert issue_count() == before + 1
 
 
 @pytest.mark.skipif(not FAKE_DLL, reason="no stand-in AttestationClientLib.dll (run.sh builds it)")
@@ -90,7 +78,7 @@ def test_attested_keyguard_key_is_issued_fake_vbs_boundary(
 
     monkeypatch.setattr(msicert_native, "is_virtual_iso", lambda key: True)
     monkeypatch.setenv("MSICERT_ATTESTATION_DLL", FAKE_DLL)
-    before = _issue_count()
+    before = issue_count()
     cert = attesting_client.get_certificate()
     assert cert.key == "keyguard" and cert.source == "imds"
-    assert _issue_count() == before + 1
+    assert issue_count() == before + 1

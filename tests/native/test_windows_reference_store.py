@@ -24,14 +24,13 @@ import logging
 import os
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from native_testutil import REPO_ROOT, is_windows, needs_windows
+from neighbours import imds, stats
 
 pytestmark = needs_windows
 
@@ -43,23 +42,6 @@ needs_emulator = pytest.mark.skipif(
 ARM = ("/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/RG/providers/"
        "Microsoft.ManagedIdentity/userAssignedIdentities/UAMI-Reference")
 KSP = "Microsoft Software Key Storage Provider"
-
-
-def _stats() -> dict[str, int]:
-    with urllib.request.urlopen(f"{IMDS}/__emulator__/stats", timeout=10) as resp:
-        counts: dict[str, int] = json.loads(resp.read())["counts"]
-        return counts
-
-
-def _imds(path: str, query: dict[str, str], body: bytes | None = None) -> dict[str, Any]:
-    qs = urllib.parse.urlencode({"cred-api-version": "2.0", **query})
-    req = urllib.request.Request(
-        f"{IMDS}/metadata/identity/{path}?{qs}", data=body,
-        headers={"Metadata": "true", "x-ms-client-request-id": str(uuid.uuid4()),
-                 **({"Content-Type": "application/json"} if body else {})})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        doc: dict[str, Any] = json.loads(resp.read())
-        return doc
 
 
 def _reference_key() -> tuple[Any, str]:
@@ -90,12 +72,12 @@ def _mint_with(key: Any, query: dict[str, str]) -> dict[str, Any]:
     import msicert_native as native
     from msicert.wire._csr import build_csr, csr_to_wire
 
-    meta = _imds("getplatformmetadata", query)
+    meta = imds("getplatformmetadata", query)
     csr = build_csr(
         spki_der=native.export_public_spki(key),
         sign=lambda tbs: native.sign_pss_sha256(key, hashlib.sha256(tbs).digest(), 32),
         client_id=meta["clientId"], tenant_id=meta["tenantId"], cuid=meta["cuId"])
-    issued = _imds("issuecredential", query, json.dumps({"csr": csr_to_wire(csr)}).encode())
+    issued = imds("issuecredential", query, json.dumps({"csr": csr_to_wire(csr)}).encode())
     issued["der"] = base64.b64decode(issued["certificate"])
     return issued
 
@@ -194,11 +176,11 @@ def test_certificate_persisted_by_msal_net_is_a_store_hit_with_zero_imds_calls(
     ep = f"{issued['mtls_authentication_endpoint'].rstrip('/')}/{issued['tenant_id'].strip('/')}"
     _seed(der, f"MSAL|alias={configured}#att=0|ep={ep}", key.name)
     try:
-        before = _stats()
+        before = stats()
         out = _msicert("cert", "--json", *((*flag, configured) if flag else ()))
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
-        assert _stats() == before  # zero IMDS calls of any kind
+        assert stats() == before  # zero IMDS calls of any kind
         assert (got["source"], got["x5t_s256"], got["store"]) == (
             "store", _x5t(der), "CurrentUser\\My")
         assert got["client_id"] == str(uuid.UUID(issued["client_id"]))  # from the subject CN
@@ -232,11 +214,11 @@ def test_old_msicert_tag_is_still_a_store_hit_with_zero_imds_calls() -> None:
                f"|tid={issued['tenant_id']}|type={issued['identity_type']}|key=software-ksp",
           name)
     try:
-        before = _stats()
+        before = stats()
         out = _msicert("cert", "--json")
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
-        assert _stats() == before
+        assert stats() == before
         assert (got["source"], got["x5t_s256"]) == ("store", _x5t(der))
         assert (got["client_id"], got["tenant_id"], got["mtls_endpoint"], got["key"]) == (
             issued["client_id"], issued["tenant_id"], endpoint, "software-ksp")
