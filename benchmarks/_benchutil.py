@@ -101,6 +101,31 @@ def run_timed(
     return elapsed
 
 
+def interleaved_processes(
+    benchmark: Any, target: Sequence[str], floor: Sequence[str], env: Mapping[str, str], *,
+    rounds: int, warmup: int = 3,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Time ``target`` as ``rounds`` pedantic rounds, each preceded by one ``floor`` run.
+
+    Both warm up ``warmup`` times first (compiled ``.pyc`` files, a warm page cache). Returns
+    the floor's wall-clock samples and both sides' child CPU seconds, for ``describe``.
+    """
+    for _ in range(warmup):
+        run_timed(target, env)
+        run_timed(floor, env)
+    floor_samples: list[float] = []
+    cpu: dict[str, list[float]] = {"target": [], "floor": []}
+
+    def setup() -> None:
+        floor_samples.append(run_timed(floor, env, cpu["floor"]))
+
+    def run() -> None:
+        run_timed(target, env, cpu["target"])
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds)
+    return floor_samples, cpu
+
+
 def python_argv(*args: str) -> list[str]:
     """``[sys.executable, *args]``: the interpreter running the benchmarks."""
     return [sys.executable, *args]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from _benchutil import describe, python_argv, run_timed, subprocess_env
+from _benchutil import describe, interleaved_processes, python_argv, run_timed, subprocess_env
 
 IMPORT_ROUNDS = 30
 CLI_ROUNDS = 20
@@ -73,19 +73,8 @@ def test_cli_cert_json_warm(
     calls = emulator.count("getplatformmetadata"), emulator.count("issuecredential")
     out = subprocess.run(target, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["source"] == "store"
-    for _ in range(WARMUP):
-        run_timed(target, env)
-        run_timed(floor, env)
-    floor_samples: list[float] = []
-    cpu: dict[str, list[float]] = {"target": [], "floor": []}
-
-    def setup() -> None:
-        floor_samples.append(run_timed(floor, env, cpu["floor"]))
-
-    def run() -> None:
-        run_timed(target, env, cpu["target"])
-
-    benchmark.pedantic(run, setup=setup, rounds=CLI_ROUNDS)
+    floor_samples, cpu = interleaved_processes(benchmark, target, floor, env, rounds=CLI_ROUNDS,
+                                               warmup=WARMUP)
     assert (emulator.count("getplatformmetadata"), emulator.count("issuecredential")) == calls
     describe(
         benchmark, "warm `python -m msicert cert --json` process", max_ratio=1.3,

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _benchutil import ROOT, describe, describe_floor, python_argv, run_timed, subprocess_env
+from _benchutil import (
+    ROOT,
+    describe,
+    describe_floor,
+    interleaved_processes,
+    python_argv,
+    subprocess_env,
+)
 
 VAULT = "https://vault.azure.net"
 STORAGE = "https://storage.azure.com"
@@ -96,19 +103,8 @@ def test_cli_token_json_warm(benchmark: Any, emulator: Any, make_client: Callabl
     out = subprocess.run(target, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["source"] == "shared_cache"
     calls = emulator.count("token"), emulator.count("issuecredential")
-    for _ in range(WARMUP):
-        run_timed(target, env)
-        run_timed(floor, env)
-    floor_samples: list[float] = []
-    cpu: dict[str, list[float]] = {"target": [], "floor": []}
-
-    def setup() -> None:
-        floor_samples.append(run_timed(floor, env, cpu["floor"]))
-
-    def run() -> None:
-        run_timed(target, env, cpu["target"])
-
-    benchmark.pedantic(run, setup=setup, rounds=CLI_ROUNDS)
+    floor_samples, cpu = interleaved_processes(benchmark, target, floor, env, rounds=CLI_ROUNDS,
+                                               warmup=WARMUP)
     assert (emulator.count("token"), emulator.count("issuecredential")) == calls
     describe(benchmark, "warm `python -m msicert token --json` process (shared cache)",
              max_ratio=1.2, floor_label="warm `python -m msicert cert --json` process",
