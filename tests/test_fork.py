@@ -88,17 +88,7 @@ class Child:
 
 def _holding(client) -> tuple[threading.Event, threading.Thread]:
     """A parent thread holding the identity's lock (both halves) until the event is set."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with client.store.lock(client.identity, timeout=10).hold():
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=hold, name="lock-holder", daemon=True)
-    thread.start()
-    assert held.wait(10)
-    return release, thread
+    return _holding_lock(client.store.lock(client.identity, timeout=10).hold(), "lock-holder")
 
 
 def _ports(pool_manager) -> set[int]:
@@ -219,9 +209,10 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_working
     assert emu.violations == []
 
 
-def _holding_lock(lock) -> tuple[threading.Event, threading.Thread]:
-    """A parent thread inside ``lock`` (an internal one, taken directly: in real life a
-    thread holds it for microseconds, and a fork can land in them)."""
+def _holding_lock(lock, name: str = "inside-a-lock") -> tuple[threading.Event, threading.Thread]:
+    """A parent thread inside ``lock`` (any context manager; for an internal lock, taken
+    directly: in real life a thread holds it for microseconds, and a fork can land in them)
+    until the returned event is set."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -229,7 +220,7 @@ def _holding_lock(lock) -> tuple[threading.Event, threading.Thread]:
             held.set()
             release.wait(60)
 
-    thread = threading.Thread(target=hold, name="inside-a-lock", daemon=True)
+    thread = threading.Thread(target=hold, name=name, daemon=True)
     thread.start()
     assert held.wait(10)
     return release, thread
