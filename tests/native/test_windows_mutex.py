@@ -163,12 +163,9 @@ def test_waiting_for_another_process_mutex_is_one_info_line_then_acquired(
     assert not [r for r in caplog.records if getattr(r, "wait", False)]  # free: silent
 
 
-def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege_boundary(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """Wine grants every Global\\ name, so the denial (ERROR_ACCESS_DENIED from CreateMutexW,
-    as a hardened namespace DACL or a low-integrity process gets) is injected here."""
-    import logging
-
+def _deny_global_mutexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """CreateMutexW answers ERROR_ACCESS_DENIED for every Global\\ name from now on (Wine
+    grants them all); returns the list of names asked for, in order."""
     from msicert.backends.windows import _mutex
     from msicert_native import _backend
 
@@ -185,6 +182,16 @@ def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege
 
     monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
     monkeypatch.setattr(_mutex, "_warned_fallback", set())
+    return created
+
+
+def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege_boundary(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Wine grants every Global\\ name, so the denial (ERROR_ACCESS_DENIED from CreateMutexW,
+    as a hardened namespace DACL or a low-integrity process gets) is injected here."""
+    import logging
+
+    created = _deny_global_mutexes(monkeypatch)
     lock = _lock_names()
     with caplog.at_level(logging.WARNING, logger="msicert"):
         for _ in range(2):
@@ -196,7 +203,7 @@ def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege
     assert lock.fallback in warnings[0]
     # The fallback still excludes: a holder of the Local\ name blocks a non-blocking hold.
     outcome: list[bool] = []
-    with native.named_mutex(lock.fallback, 1000):
+    with _native().named_mutex(lock.fallback, 1000):
         thread = threading.Thread(target=lambda: outcome.append(_try(lock)))
         thread.start()
         thread.join(30)
@@ -254,21 +261,8 @@ def test_store_write_mutex_uses_local_only_when_global_is_denied_fakes_privilege
     """InterprocessLock.TryWithAliasLock: Local\\ only after UnauthorizedAccessException on
     Global\\ (the denial is injected: Wine grants every Global\\ name)."""
     from msicert.backends.windows import _mutex
-    from msicert_native import _backend
 
-    native = _native()
-    real = _backend.impl.create_mutex
-    created: list[str] = []
-
-    def deny_global(name: str) -> int:
-        created.append(name)
-        if name.startswith("Global\\"):
-            raise native.NativeError("CreateMutexW", winerror=5, detail="Access is denied.")
-        handle: int = real(name)
-        return handle
-
-    monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
-    monkeypatch.setattr(_mutex, "_warned_fallback", set())
+    created = _deny_global_mutexes(monkeypatch)
     lock = _mutex.SharedStoreLock(f"fallback-{uuid.uuid4()}#att=0")
     with lock.hold() as held:
         assert held is True
