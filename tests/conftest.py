@@ -54,6 +54,19 @@ def emu(_emulator_session, monkeypatch):
 
 
 @pytest.fixture
+def cold_azure_resources(emu):
+    """An Azure SDK test starts cold: no cached Key Vault challenge, an empty vault and
+    account (and leaves no challenge cached behind it)."""
+    from azure.keyvault.secrets._shared import http_challenge_cache
+
+    http_challenge_cache.clear()
+    emu.resources.vault.clear()
+    emu.resources.account.clear()
+    yield
+    http_challenge_cache.clear()
+
+
+@pytest.fixture
 def store_dir(tmp_path) -> str:
     return str(tmp_path / "store" / "certs")
 

@@ -14,7 +14,6 @@ import pytest
 from azure.core import AsyncPipelineClient
 from azure.core.pipeline.policies import AsyncBearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
-from azure.keyvault.secrets._shared import http_challenge_cache
 from azure.keyvault.secrets.aio import SecretClient
 from azure.storage.blob.aio import BlobServiceClient
 
@@ -26,13 +25,7 @@ DATA = bytes(range(256)) * 40  # 10 KiB
 WAYS = [pytest.param(False, id="aiohttp"), pytest.param(True, id="threaded")]
 
 
-@pytest.fixture(autouse=True)
-def _cold_vault_and_account(emu):
-    http_challenge_cache.clear()
-    emu.resources.vault.clear()
-    emu.resources.account.clear()
-    yield
-    http_challenge_cache.clear()
+pytestmark = pytest.mark.usefixtures("cold_azure_resources")
 
 
 def _schemes(emu, endpoint: str) -> list[str]:

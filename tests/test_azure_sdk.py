@@ -15,7 +15,6 @@ from azure.core.exceptions import ClientAuthenticationError, ResponseNotReadErro
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.rest import HttpRequest
 from azure.keyvault.secrets import SecretClient
-from azure.keyvault.secrets._shared import http_challenge_cache
 from azure.storage.blob import BlobServiceClient
 
 from msicert import Backoff
@@ -25,14 +24,7 @@ from msicert.emulator import decode_token_payload
 DATA = bytes(range(256)) * 40  # 10 KiB
 
 
-@pytest.fixture(autouse=True)
-def _cold_vault_and_account(emu):
-    """Each test starts cold: no cached Key Vault challenge, an empty vault and account."""
-    http_challenge_cache.clear()
-    emu.resources.vault.clear()
-    emu.resources.account.clear()
-    yield
-    http_challenge_cache.clear()
+pytestmark = pytest.mark.usefixtures("cold_azure_resources")
 
 
 def _auth(emu, endpoint: str) -> list[str]:
