@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _correlation
+from . import _correlation, _policy
 from ._errors import StoreError, TokenError
 from ._lazylog import LazyLogger
 from ._model import AccessToken, BindingCertificate
@@ -345,7 +345,11 @@ class TokenManager:
         now = self._clock()
         # Never valid past the certificate it is bound to: the resource would refuse it.
         expires_on = int(min(now + resp.expires_in, cert.not_after_ts))
-        serve_until = min(expires_on - _EXPIRY_MARGIN, cert.not_after_ts)
+        # Served until 5 min before ESTS's expiry, or until the certificate itself is retired
+        # (NotAfter - skew), whichever comes first: a certificate with minutes left (its
+        # renewal failing) still serves its token from the cache until it is retired.
+        retired = cert.not_after_ts - _policy.skew(cert.not_before_ts, cert.not_after_ts)
+        serve_until = min(now + resp.expires_in - _EXPIRY_MARGIN, retired)
         if resp.refresh_in is not None:
             refresh_on = now + resp.refresh_in
         elif resp.expires_in > 7200:

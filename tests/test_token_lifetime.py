@@ -54,6 +54,25 @@ def test_while_renewal_fails_the_token_is_served_but_never_past_the_certificate(
         c.acquire_token(RESOURCE)
 
 
+def test_a_token_bound_in_the_certificates_last_minutes_is_cached_until_it_is_retired(
+        make_client, emu):
+    emu.lifetime, emu.token_lifetime = 2000.0, 86400.0  # skew: 1 % of the lifetime, 20 s
+    clock = Clock()
+    c = make_client(clock=clock, mint_backoff=Backoff(600.0, 600.0))
+    cert = c.get_certificate()
+    emu.inject("getplatformmetadata", Fault(status=503, times=None))
+    clock.offset = cert.not_after_ts - time.time() - 200  # renewal failing, 200 s left
+    tokens = [c.acquire_token(RESOURCE) for _ in range(5)]
+    assert emu.count("token") == 1  # one ESTS call, then the cache
+    assert [t.source for t in tokens] == ["identity_provider"] + ["cache"] * 4
+    assert all(t.x5t_s256 == cert.x5t_s256 for t in tokens)
+    assert tokens[0].refresh_on >= clock() and tokens[0].expires_on == int(cert.not_after_ts)
+    clock.offset = cert.not_after_ts - time.time() - 10  # retired (NotAfter - skew): not served
+    with pytest.raises(ImdsError):
+        c.acquire_token(RESOURCE)
+    assert emu.count("token") == 1
+
+
 _HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
