@@ -299,12 +299,13 @@ def _cmd_token(args: argparse.Namespace) -> int:
         resource = resource[: -len("/.default")]
     claims = args.claims
     if claims is not None:
+        from .wire._ests import check_claims
+
         try:
-            document = json.loads(claims)
+            check_claims(claims)
         except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            raise ValueError("--claims must be a JSON object (a resource's claims challenge)")
+            raise ValueError(
+                "--claims must be a JSON object (a resource's claims challenge)") from None
     with _client(args, args.timeout) as client:
         token = client.acquire_token(resource, claims=claims)
     if args.raw:

@@ -250,7 +250,9 @@ class ManagedIdentityClient(CertificateLifecycle):
         The same certificate is presented in the TLS handshake and bound in the token.
         Returns the (preloaded) urllib3 response. ``url`` must be https (ValueError otherwise,
         raised before any connection). ``timeout`` bounds the whole request, however slowly
-        the server answers: when it runs out, the built-in TimeoutError naming the URL.
+        the server answers: when it runs out, the built-in TimeoutError naming the URL. A
+        resource that cannot be reached (refused, unresolvable, reset, a TLS failure): the
+        built-in ConnectionError naming the URL and the reason.
         """
         return self._tokens().request(
             method, url, resource=resource, body=body, headers=headers, timeout=timeout

@@ -58,7 +58,9 @@ def request(
     or any connection made (the token would travel in cleartext). ``timeout`` bounds the
     whole request (a watchdog shuts the socket down when it passes), however slowly the
     server sends its head or body: when it runs out, TimeoutError (the built-in) naming
-    the URL and the timeout, caused by what urllib3 raised. The body read is capped at
+    the URL and the timeout, caused by what urllib3 raised. A resource that cannot be reached
+    (refused, unresolvable, reset, a TLS failure) raises ConnectionError (the built-in)
+    naming the URL and the reason, caused by what urllib3 raised. The body read is capped at
     :data:`MAX_RESPONSE` bytes.
     """
     import urllib3
@@ -90,7 +92,7 @@ def request(
             # connect or read timeout ran out: either way the time was up.
             if watch.fired or _timed_out(exc):
                 raise TimeoutError(f"{url} did not answer within {timeout:g} s") from exc
-            raise
+            raise ConnectionError(f"{url} could not be reached: {_reason(exc)}") from exc
         if watch.fired:
             raise TimeoutError(f"{url} did not answer within {timeout:g} s")
         if len(data) > MAX_RESPONSE:
@@ -99,6 +101,18 @@ def request(
     except BaseException as exc:
         scrub(exc)  # the frames below held the Authorization header
         raise
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words: the type urllib3 (or WinHTTP's adapter) raised and the OS or
+    TLS error under it, without urllib3's ``<...Connection object at 0x...>: `` prefix."""
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(inner, OSError) and str(inner):
+        return f"{type(exc).__name__}: {inner}"
+    text = str(exc)
+    if text.startswith("<") and ">: " in text:
+        text = text.split(">: ", 1)[1]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _timed_out(exc: BaseException) -> bool:

@@ -26,7 +26,7 @@ from ._model import AccessToken, BindingCertificate
 from ._timeouts import DEFAULT_ESTS_TIMEOUTS, Timeouts
 from ._token_request import STALE_TRIES, CertificateSource, token_response
 from .backends.contract import StaleCertificate, Transport
-from .wire._ests import TokenResponse, scope_for
+from .wire._ests import TokenResponse, check_claims, scope_for
 
 if TYPE_CHECKING:
     import urllib3
@@ -163,6 +163,7 @@ class TokenManager:
                 return token
 
     def _acquire_with_claims(self, resource: str, claims: str) -> AccessToken:
+        check_claims(claims)
         with _correlation.operation():
             return self._claims_fetch(resource, claims)
 

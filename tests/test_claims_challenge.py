@@ -119,7 +119,26 @@ def test_cli_token_claims_mints_fresh_and_sends_the_claims(emu, store_dir):
     assert _token_forms(emu)[-1]["claims"] == CLAIMS
 
 
-@pytest.mark.parametrize("claims", ["not json", "[1]", '"text"'])
+@pytest.mark.parametrize("claims", ["{not json", "[]", "null", "   ", "[" * 100_000])
+def test_malformed_claims_are_refused_before_any_mint_or_ests_call(make_client, emu, claims):
+    c = make_client()
+    token = c.acquire_token(RESOURCE)
+    cert = c.get_certificate()
+    calls = emu.count("issuecredential"), emu.count("token")
+    with pytest.raises(ValueError, match="claims must be a JSON object"):
+        c.acquire_token(RESOURCE, claims=claims)
+    assert (emu.count("issuecredential"), emu.count("token")) == calls
+    assert c.get_certificate().x5t_s256 == cert.x5t_s256
+    assert c.acquire_token(RESOURCE).access_token == token.access_token
+
+
+def test_claims_that_are_not_a_str_are_a_type_error(make_client, emu):
+    with pytest.raises(TypeError, match="claims must be a str of JSON, not bytes"):
+        make_client().acquire_token(RESOURCE, claims=b"{}")  # type: ignore[arg-type]
+    assert emu.count("issuecredential") == 0
+
+
+@pytest.mark.parametrize("claims", ["not json", "[1]", '"text"', "[" * 100_000])
 def test_cli_token_claims_must_be_a_json_object(emu, store_dir, claims):
     from tests.conftest import run_cli
 

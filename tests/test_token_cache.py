@@ -181,3 +181,28 @@ def test_a_full_cache_never_evicts_a_key_being_fetched(make_client, emu, threads
     assert errors == []
     assert _scopes(emu) == {f"https://k{i}.example/.default": 1 for i in range(8)}
     assert len(manager._slots) <= 8
+
+
+@pytest.mark.parametrize("resource", ["", "   ", "/", "/.default", " /.default"])
+def test_a_resource_that_names_nothing_is_refused_before_any_mint(make_client, emu, resource):
+    c = make_client()
+    with pytest.raises(ValueError, match="resource is empty"):
+        c.acquire_token(resource)
+    assert emu.count("issuecredential") == 0 and emu.count("token") == 0
+
+
+@pytest.mark.parametrize("resource", [None, 42])
+def test_a_resource_that_is_not_a_str_is_a_type_error(make_client, emu, resource):
+    with pytest.raises(TypeError, match="resource must be a str, not "):
+        make_client().acquire_token(resource)
+    assert emu.count("issuecredential") == 0
+
+
+def test_cli_token_with_an_empty_resource_is_invalid_input(emu, store_dir):
+    from tests.conftest import run_cli
+
+    proc = run_cli("token", "--resource", " ", "--store-dir", store_dir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "msicert token: invalid input: resource is empty")
+    assert emu.count("issuecredential") == 0

@@ -211,6 +211,57 @@ def test_resource_call_over_mtls_with_pop_header(make_client, emu):
     assert auth.startswith("mtls_pop ")
 
 
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: connecting is refused
+
+
+def _bad_server(plain_http: bool) -> tuple[socket.socket, int]:
+    """A listener that answers the TLS hello with a plain HTTP response, or closes at once."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                if plain_http:
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, int(srv.getsockname()[1])
+
+
+@pytest.mark.parametrize("fault", ["refused", "plain-http", "closed"])
+def test_a_resource_that_cannot_be_reached_is_a_connection_error_naming_the_url(
+        make_client, emu, fault):
+    c = make_client()
+    token = c.acquire_token(RESOURCE)
+    srv = None
+    if fault == "refused":
+        url, words = f"https://127.0.0.1:{_closed_port()}/x", "refused"
+    else:
+        srv, port = _bad_server(plain_http=fault == "plain-http")
+        url, words = f"https://127.0.0.1:{port}/x", "SSLError"
+    try:
+        with pytest.raises(ConnectionError) as err:
+            c.request("GET", url, resource=RESOURCE, timeout=10)
+    finally:
+        if srv is not None:
+            srv.close()
+    text = str(err.value)
+    assert text.startswith(f"{url} could not be reached: ") and words in text
+    assert "object at 0x" not in text and token.access_token not in text
+    assert err.value.__cause__ is not None  # urllib3's exception, for who wants its details
+    assert c.acquire_token(RESOURCE).access_token == token.access_token  # nothing dropped
+
+
 def test_cli_token_json(emu, store_dir):
     out = cli_json("token", "--resource", RESOURCE, "--store-dir", store_dir)
     assert out["token_type"] == "mtls_pop" and out["source"] == "identity_provider"

@@ -101,11 +101,36 @@ def token_url(mtls_endpoint: str, tenant_id: str) -> str:
 
 
 def scope_for(resource: str) -> str:
-    """``<resource without trailing />/.default`` (a scope given as such is kept)."""
+    """``<resource without trailing />/.default`` (a scope given as such is kept).
+
+    TypeError for a resource that is not a str, ValueError for one that names nothing (empty,
+    blank, ``/`` or a bare ``/.default``): refused here, before any mint or ESTS call.
+    """
+    if not isinstance(resource, str):
+        raise TypeError(f"resource must be a str, not {type(resource).__name__}")
     resource = resource.strip()
     if resource.endswith("/.default"):
+        if not resource[: -len("/.default")].strip():
+            raise ValueError("resource is empty: name the resource (e.g. https://vault.azure.net)")
         return resource
+    if not resource.rstrip("/"):
+        raise ValueError("resource is empty: name the resource (e.g. https://vault.azure.net)")
     return resource.rstrip("/") + "/.default"
+
+
+def check_claims(claims: str) -> None:
+    """ValueError unless ``claims`` is a JSON object (a resource's claims challenge), so that a
+    malformed challenge costs no fresh certificate before ESTS would refuse it."""
+    if not isinstance(claims, str):
+        raise TypeError(f"claims must be a str of JSON, not {type(claims).__name__}")
+    import json
+
+    try:
+        document = json.loads(claims)
+    except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's depth
+        document = None
+    if not isinstance(document, dict):
+        raise ValueError("claims must be a JSON object (a resource's claims challenge)")
 
 
 def _number(value: Any, name: str) -> float:
