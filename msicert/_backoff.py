@@ -109,6 +109,13 @@ def _from_record(record: Any) -> BaseException | None:
     return exc
 
 
+class _Unread:
+    """The marker was not read for this check (in-memory windows only)."""
+
+
+UNREAD = _Unread()
+
+
 class MintGate:
     """One identity's back-off in this process, shared by every client of it.
 
@@ -129,18 +136,29 @@ class MintGate:
         self._adopted_error: BaseException | None = None  # another process's window
         self._adopted_since = self._adopted_until = 0.0
         self._adopted_kind = ""
+        self._published = False  # this process's window is in the store's marker
 
-    def window(self, now: float, marker: bytes | None = None
+    def window(self, now: float, marker: bytes | _Unread | None = UNREAD
                ) -> tuple[BaseException, float] | None:
         """(error, until) while ``now`` is inside a window: this process's, or the one
         ``marker`` (another process's) describes, which is then adopted so that later checks
-        need not read it again. None outside every window."""
+        need not read it again. None outside every window.
+
+        A marker read as gone after this process published its window means someone removed
+        it (``msicert purge`` in another process, or a mint that worked there): every window
+        here ends with it.
+        """
         with self.lock:
+            if marker is None and self._published:
+                self._end_all()
+                return None
             for error, since, until in (
                     (self.error, self.since, self.until),
                     (self._adopted_error, self._adopted_since, self._adopted_until)):
                 if error is not None and since <= now < until:
                     return error, until  # a clock that jumped back before ``since`` ends it
+        if isinstance(marker, _Unread):
+            return None
         error, since, until, kind = _read_marker(marker, now)
         if error is None or not since <= now < until:
             return None
@@ -149,11 +167,11 @@ class MintGate:
             self._adopted_kind = kind
         return error, until
 
-    def active(self, now: float, marker: bytes | None = None) -> bool:
+    def active(self, now: float, marker: bytes | _Unread | None = UNREAD) -> bool:
         """True inside a window (see :meth:`window`)."""
         return self.window(now, marker) is not None
 
-    def check(self, now: float, marker: bytes | None = None) -> None:
+    def check(self, now: float, marker: bytes | _Unread | None = UNREAD) -> None:
         """Raise the error that started the window when ``now`` is inside it (this process's,
         or the one ``marker`` from another process describes); else return."""
         found = self.window(now, marker)
@@ -192,12 +210,18 @@ class MintGate:
             self.since = now
             self.until = math.inf if for_process else now + wait
             self.kind, self.rejected, self.error = kind, rejected, exc
+            self._published = False  # until the caller says the marker was written
             shared_until = now + (marker_for if marker_for is not None else wait)
             import json
 
             doc = {"v": _MARKER_VERSION, "since": now, "until": shared_until, "kind": kind,
                    "rejected": rejected, "error": _to_record(exc)}
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def published(self) -> None:
+        """The marker :meth:`failed` returned is now in the store."""
+        with self.lock:
+            self._published = self.error is not None
 
     def succeeded(self, kind: str) -> bool:
         """A mint (``"mint"``) or a token (``"token"``) worked: close the window it disproves
@@ -211,14 +235,18 @@ class MintGate:
             if self.error is None or self.kind != disproves:
                 return adopted
             self.failures, self.until, self.kind, self.rejected = 0, 0.0, "", ""
-            self.error = None
+            self.error, self._published = None, False
             return True
 
     def clear(self) -> None:
         """Close every window (an explicit purge starts afresh)."""
         with self.lock:
-            self.failures, self.until, self.kind, self.rejected = 0, 0.0, "", ""
-            self.error = self._adopted_error = None
+            self._end_all()
+
+    def _end_all(self) -> None:
+        self.failures, self.until, self.kind, self.rejected = 0, 0.0, "", ""
+        self.error = self._adopted_error = None
+        self._published = False
 
     def reset_after_fork(self) -> None:
         """In a child process: a lock a parent thread held stays free."""

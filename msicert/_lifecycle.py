@@ -330,14 +330,16 @@ class CertificateLifecycle:
         marker = self._gate.failed(
             exc, now, self._backoff, kind="mint", cap=cap, for_process=sticky,
             marker_for=ATTESTATION_MARKER_SECONDS if sticky else None)
-        self._store.write_note(self.identity, "backoff", marker)
+        if self._store.write_note(self.identity, "backoff", marker):
+            self._gate.published()
 
     def _certificate_refused(self, cert: BindingCertificate, exc: BaseException) -> None:
         """ESTS keeps refusing ``cert``, a fresh one: the next calls fail fast, no mint."""
         now = self._clock()
         marker = self._gate.failed(exc, now, self._backoff, kind="rejected",
                                    rejected=cert.x5t_s256)
-        self._store.write_note(self.identity, "backoff", marker)
+        if self._store.write_note(self.identity, "backoff", marker):
+            self._gate.published()
 
     def _token_succeeded(self) -> None:
         if self._gate.succeeded("token"):

@@ -204,6 +204,49 @@ def test_purge_ends_the_pause(make_client, emu, store_dir):
     assert c.get_certificate().source == "imds"
 
 
+def test_purge_in_another_process_ends_this_processs_pause(make_client, emu, store_dir):
+    c = make_client(mint_backoff=Backoff(300.0, 300.0))
+    emu.inject("getplatformmetadata", Fault(status=403, times=1))
+    with pytest.raises(ImdsError):
+        c.get_certificate()
+    with pytest.raises(ImdsError) as inside:
+        c.get_certificate()
+    assert isinstance(inside.value.__cause__, BackoffActive)
+    proc = run_cli("purge", "--store-dir", store_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert not os.path.exists(os.path.join(store_dir, "msal_mtls.backoff"))
+    assert c.get_certificate().source == "imds"  # the operator's purge ended the pause here
+    assert emu.count("getplatformmetadata") == 2
+
+
+def test_a_mint_that_works_in_another_process_ends_this_processs_pause(make_client, emu,
+                                                                       store_dir):
+    c = make_client(mint_backoff=Backoff(300.0, 300.0))
+    emu.inject("getplatformmetadata", Fault(status=403, times=1))
+    with pytest.raises(ImdsError):
+        c.get_certificate()
+    os.unlink(os.path.join(store_dir, "msal_mtls.backoff"))  # what another process's
+    proc = run_cli("cert", "--store-dir", store_dir)  # mint would find: no pause, so it mints
+    assert proc.returncode == 0, proc.stderr
+    assert c.get_certificate().source == "store"  # picked up, not refused by the stale pause
+    assert emu.count("issuecredential") == 1
+
+
+def test_with_no_marker_written_the_pause_holds_in_the_process(make_client, emu, store_dir):
+    """A store where the marker cannot be written (here: a directory in its place) keeps
+    the pause in memory; the marker's absence then says nothing."""
+    c = make_client(mint_backoff=Backoff(300.0, 300.0))
+    os.makedirs(os.path.join(store_dir, "msal_mtls.backoff"))
+    emu.inject("getplatformmetadata", Fault(status=403, times=1))
+    with pytest.raises(ImdsError):
+        c.get_certificate()
+    for _ in range(3):
+        with pytest.raises(ImdsError) as inside:
+            c.get_certificate()
+        assert isinstance(inside.value.__cause__, BackoffActive)
+    assert emu.count("getplatformmetadata") == 1
+
+
 def test_a_persistent_invalid_client_costs_no_mint_and_no_ests_call_inside_the_pause(
         make_client, emu):
     c = make_client(mint_backoff=Backoff(60.0, 60.0), remediation_timeout=0.5,

@@ -210,9 +210,10 @@ class Store(Protocol):
         marker), or None: none, unreadable, not ours, or a store that keeps no notes. Never
         raises: a note is advice."""
 
-    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> bool:
         """Replace the note atomically (``None`` removes it), with the identity's lock held.
-        Never raises: a note that cannot be written only loses its advice."""
+        True when the note is now as asked. Never raises: a note that cannot be written only
+        loses its advice."""
 
     def read_tokens(self, identity: Identity) -> bytes | None:
         """The identity's shared token cache as :meth:`write_tokens` last wrote it, or None:

@@ -159,18 +159,21 @@ class FileStore:
         regular file of ours that nobody else can write."""
         return read_private(self._note_path(identity, name), _MAX_NOTE, 0o022)[0]
 
-    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
-        """Write (temp file, rename) or remove the note; an error is logged, never raised."""
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> bool:
+        """Write (temp file, rename) or remove the note; True when done. An error is logged,
+        never raised."""
         path = self._note_path(identity, name)
         try:
             if data is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-                return
+                return True
             _store_write.sweep(self.directory, path)
             _store_write.atomic_write(self.directory, path, Secret(data[:_MAX_NOTE]), sync=False)
+            return True
         except (OSError, StoreError) as exc:
             log.debug("cannot write %s: %s", path, exc)
+            return False
 
     # --- shared token cache ------------------------------------------------------------------
     def tokens_path(self, identity: Identity) -> str:

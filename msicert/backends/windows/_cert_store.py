@@ -526,8 +526,9 @@ class WindowsStore:
         shared by the threads of one process only."""
         return None
 
-    def write_note(self, identity: Identity, name: str, data: bytes | None) -> None:
-        """Nothing to write (see :meth:`read_note`)."""
+    def write_note(self, identity: Identity, name: str, data: bytes | None) -> bool:
+        """Nothing to write (see :meth:`read_note`): False, the note is not kept."""
+        return False
 
     def read_tokens(self, identity: Identity) -> bytes | None:
         """The identity's shared token cache: a DPAPI blob under the user's local application
