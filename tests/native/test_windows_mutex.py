@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from native_testutil import needs_windows
+from neighbours import held_by_another_process
 
 pytestmark = needs_windows
 
@@ -101,28 +102,10 @@ def test_store_mutex_is_global_and_named_after_the_user_sid_and_the_identity() -
 
 
 def test_store_mutex_held_by_another_process_excludes_this_one() -> None:
-    import os
-    import subprocess
-    import sys
 
     lock = _lock_names()
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, msicert_native as n\n"
-         f"with n.named_mutex({lock.name!r}, 10000):\n"
-         "    print('held', flush=True)\n"
-         "    sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with lock.hold(blocking=False) as held:
-            assert held is False  # the other process's Global\ mutex is this one
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(60)
+    with held_by_another_process(lock.name), lock.hold(blocking=False) as held:
+        assert held is False  # the other process's Global\ mutex is this one
     with lock.hold(blocking=False) as held:
         assert held is True
 
@@ -274,9 +257,6 @@ def test_busy_store_write_mutex_is_busy_not_a_reason_to_take_the_local_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A Global\\ mutex held elsewhere means "skip", never "try Local\\" (the reference falls
     back only when Global\\ is unauthorized)."""
-    import os
-    import subprocess
-    import sys
 
     from msicert.backends.windows._mutex import SharedStoreLock
     from msicert_native import _backend
@@ -290,24 +270,10 @@ def test_busy_store_write_mutex_is_busy_not_a_reason_to_take_the_local_one(
         handle: int = real(name)
         return handle
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, msicert_native as n\n"
-         f"with n.named_mutex({lock.name!r}, 10000):\n"
-         "    print('held', flush=True)\n"
-         "    sys.stdin.readline()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_by_another_process(lock.name):
         monkeypatch.setattr(_backend.impl, "create_mutex", spy)
         with lock.hold(0.3) as held:
             assert held is False
         assert created == [lock.name]  # Local\ was not tried
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(60)
     with lock.hold(0.3) as held:
         assert held is True

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 from native_testutil import REPO_ROOT, is_windows, needs_windows
-from neighbours import imds, stats
+from neighbours import mint_with, stats
 
 pytestmark = needs_windows
 
@@ -65,21 +65,6 @@ def _reference_key() -> tuple[Any, str]:
             return native.create_rsa_key(
                 provider, "HardwareRSAKey", keyguard=False, overwrite=False,
                 usage=native.constants.NCRYPT_ALLOW_SIGNING_FLAG), "software-ksp"
-
-
-def _mint_with(key: Any, query: dict[str, str]) -> dict[str, Any]:
-    """getplatformmetadata + issuecredential for a CSR signed through NCrypt by ``key``."""
-    import msicert_native as native
-    from msicert.wire._csr import build_csr, csr_to_wire
-
-    meta = imds("getplatformmetadata", query)
-    csr = build_csr(
-        spki_der=native.export_public_spki(key),
-        sign=lambda tbs: native.sign_pss_sha256(key, hashlib.sha256(tbs).digest(), 32),
-        client_id=meta["clientId"], tenant_id=meta["tenantId"], cuid=meta["cuId"])
-    issued = imds("issuecredential", query, json.dumps({"csr": csr_to_wire(csr)}).encode())
-    issued["der"] = base64.b64decode(issued["certificate"])
-    return issued
 
 
 def _seed(der: bytes, friendly_name: str, container: str, flags: int = 0) -> None:
@@ -171,7 +156,7 @@ def test_certificate_persisted_by_msal_net_is_a_store_hit_with_zero_imds_calls(
     WindowsStore().purge(identity)
     key, key_kind = _reference_key()
     with key:
-        issued = _mint_with(key, query)
+        issued = mint_with(key, query)
     der = issued["der"]
     ep = f"{issued['mtls_authentication_endpoint'].rstrip('/')}/{issued['tenant_id'].strip('/')}"
     _seed(der, f"MSAL|alias={configured}#att=0|ep={ep}", key.name)
@@ -205,7 +190,7 @@ def test_old_msicert_tag_is_still_a_store_hit_with_zero_imds_calls() -> None:
     name = f"msicert-system-{uuid.uuid4().hex[:12]}"  # as msicert named its keys
     with native.open_provider() as provider, \
             native.create_rsa_key(provider, name, keyguard=False) as key:
-        issued = _mint_with(key, {})
+        issued = mint_with(key, {})
     der = issued["der"]
     endpoint = issued["mtls_authentication_endpoint"].rstrip("/")
     # The tag msicert wrote up to this change (format_tag in msicert/_store_windows.py, now
