@@ -91,6 +91,18 @@ def _holding(client) -> tuple[threading.Event, threading.Thread]:
     return _holding_lock(client.store.lock(client.identity, timeout=10).hold(), "lock-holder")
 
 
+def _fork_then_release(body, release: threading.Event, holder: threading.Thread) -> dict:
+    """Fork a child running ``body`` while ``holder`` holds its lock, then let the holder go
+    and the child run; the child's result (an error in it fails the test)."""
+    child = Child(body)
+    release.set()
+    holder.join(10)
+    child.go()
+    result = child.result()
+    assert "error" not in result, result
+    return result
+
+
 def _ports(pool_manager) -> set[int]:
     """Local ports of the kept-alive connections idle in a urllib3 PoolManager."""
     ports = set()
@@ -148,12 +160,7 @@ def test_a_child_forked_while_a_parent_thread_holds_the_lock_can_take_it(make_cl
         cert = client.get_certificate()
         return {"took": took, "removed": removed, "source": cert.source}
 
-    child = Child(body)
-    release.set()
-    holder.join(10)
-    child.go()
-    result = child.result()
-    assert "error" not in result, result
+    result = _fork_then_release(body, release, holder)
     assert result["took"] < 2.0  # the thread lock the parent thread held is not inherited
     assert (result["removed"], result["source"]) == (1, "imds")
     assert emu.count("issuecredential") == 2
@@ -186,12 +193,7 @@ def test_a_forked_child_opens_its_own_connections_and_leaves_the_parents_working
         return {"fresh": fresh, "status": status, "bound": token.x5t_s256,
                 "minted": minted.x5t_s256, "ports": sorted(_client_ports(client))}
 
-    child = Child(body)
-    release.set()
-    holder.join(10)
-    child.go()
-    result = child.result()
-    assert "error" not in result, result
+    result = _fork_then_release(body, release, holder)
     assert result["fresh"] and result["status"] == 200
     assert emu.count("issuecredential") == 2  # the child's own mint
     assert result["ports"] and not set(result["ports"]) & parent_ports
