@@ -146,9 +146,11 @@ def test_waiting_for_another_process_mutex_is_one_info_line_then_acquired(
     assert not [r for r in caplog.records if getattr(r, "wait", False)]  # free: silent
 
 
-def _deny_global_mutexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """CreateMutexW answers ERROR_ACCESS_DENIED for every Global\\ name from now on (Wine
-    grants them all); returns the list of names asked for, in order."""
+def _watch_mutexes(monkeypatch: pytest.MonkeyPatch, *, deny_global: bool = False
+                   ) -> list[str]:
+    """Record every mutex name CreateMutexW is asked for, in order, from now on. With
+    ``deny_global``, answer ERROR_ACCESS_DENIED for every Global\\ name (Wine grants them
+    all, as a hardened namespace DACL or a low-integrity process would not)."""
     from msicert.backends.windows import _mutex
     from msicert_native import _backend
 
@@ -156,14 +158,14 @@ def _deny_global_mutexes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real = _backend.impl.create_mutex
     created: list[str] = []
 
-    def deny_global(name: str) -> int:
+    def watched(name: str) -> int:
         created.append(name)
-        if name.startswith("Global\\"):
+        if deny_global and name.startswith("Global\\"):
             raise native.NativeError("CreateMutexW", winerror=5, detail="Access is denied.")
         handle: int = real(name)
         return handle
 
-    monkeypatch.setattr(_backend.impl, "create_mutex", deny_global)
+    monkeypatch.setattr(_backend.impl, "create_mutex", watched)
     monkeypatch.setattr(_mutex, "_warned_fallback", set())
     return created
 
@@ -174,7 +176,7 @@ def test_denied_global_namespace_falls_back_to_local_once_warned_fakes_privilege
     as a hardened namespace DACL or a low-integrity process gets) is injected here."""
     import logging
 
-    created = _deny_global_mutexes(monkeypatch)
+    created = _watch_mutexes(monkeypatch, deny_global=True)
     lock = _lock_names()
     with caplog.at_level(logging.WARNING, logger="msicert"):
         for _ in range(2):
@@ -219,17 +221,7 @@ def test_global_store_mutex_needs_no_privilege_and_no_fallback(
     """SeCreateGlobalPrivilege guards file mappings (and symbolic links) in Global\\, not
     mutexes: a plain user's process creates the store mutex there. Real Windows shows it
     (windows-latest); Wine grants every Global\\ name anyway."""
-    from msicert_native import _backend
-
-    real = _backend.impl.create_mutex
-    created: list[str] = []
-
-    def spy(name: str) -> int:
-        created.append(name)
-        handle: int = real(name)
-        return handle
-
-    monkeypatch.setattr(_backend.impl, "create_mutex", spy)
+    created = _watch_mutexes(monkeypatch)
     lock = _lock_names()
     with lock.hold() as held:
         assert held is True
@@ -245,7 +237,7 @@ def test_store_write_mutex_uses_local_only_when_global_is_denied_fakes_privilege
     Global\\ (the denial is injected: Wine grants every Global\\ name)."""
     from msicert.backends.windows import _mutex
 
-    created = _deny_global_mutexes(monkeypatch)
+    created = _watch_mutexes(monkeypatch, deny_global=True)
     lock = _mutex.SharedStoreLock(f"fallback-{uuid.uuid4()}#att=0")
     with lock.hold() as held:
         assert held is True
@@ -257,21 +249,11 @@ def test_busy_store_write_mutex_is_busy_not_a_reason_to_take_the_local_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A Global\\ mutex held elsewhere means "skip", never "try Local\\" (the reference falls
     back only when Global\\ is unauthorized)."""
-
     from msicert.backends.windows._mutex import SharedStoreLock
-    from msicert_native import _backend
 
     lock = SharedStoreLock(f"busy-{uuid.uuid4()}#att=0")
-    real = _backend.impl.create_mutex
-    created: list[str] = []
-
-    def spy(name: str) -> int:
-        created.append(name)
-        handle: int = real(name)
-        return handle
-
     with held_by_another_process(lock.name):
-        monkeypatch.setattr(_backend.impl, "create_mutex", spy)
+        created = _watch_mutexes(monkeypatch)
         with lock.hold(0.3) as held:
             assert held is False
         assert created == [lock.name]  # Local\ was not tried
