@@ -180,3 +180,24 @@ def test_the_azure_policy_answers_a_resources_challenge_and_later_calls_reuse_th
         transport=MtlsTransport(c))
     assert fresh.send_request(HttpRequest("GET", emu.ests_url + "/resource")).status_code == 200
     assert emu.count("token") == tokens
+
+
+@pytest.mark.parametrize("claims", ["[1]", "not json", ""])
+def test_the_azure_policy_leaves_a_challenge_whose_claims_are_no_json_object_unanswered(
+        make_client, emu, claims):
+    """The 401 goes back to the caller: no fresh certificate, no token request."""
+    from azure.core import PipelineClient
+    from azure.core.rest import HttpRequest
+
+    from msicert.azure import MtlsPopCredential, MtlsPopPolicy, MtlsTransport
+
+    c = make_client()
+    pipeline = PipelineClient(
+        emu.ests_url, policies=[MtlsPopPolicy(MtlsPopCredential(c), RESOURCE + "/.default")],
+        transport=MtlsTransport(c))
+    assert pipeline.send_request(HttpRequest("GET", emu.ests_url + "/resource")).status_code == 200
+    calls = emu.count("issuecredential"), emu.count("token")
+    emu.inject("resource", Fault(kind="claims_challenge", claims=claims))
+    response = pipeline.send_request(HttpRequest("GET", emu.ests_url + "/resource"))
+    assert response.status_code == 401
+    assert (emu.count("issuecredential"), emu.count("token")) == calls

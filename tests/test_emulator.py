@@ -903,12 +903,28 @@ def test_control_api_drives_faults_config_stats_and_reset(emulator):
         {"endpoint": "token", "status": "500"},
         {"endpoint": "token", "times": 0},
         {"endpoint": "token", "colour": "red"},
+        {"endpoint": "resource", "status": 401, "claims": "{}"},
+        {"endpoint": "resource", "kind": "claims_challenge", "claims": 7},
         [1, 2],
     ],
 )
 def test_control_api_refuses_bad_faults(emulator, document):
     status, body = control(emulator, "POST", "faults", document)
     assert status == 400 and body["error"] == "invalid_request"
+
+
+def test_control_api_claims_challenge_carries_the_claims_asked_for(emulator, tmp_path):
+    _, certificate = mint(emulator)
+    pool = mtls(emulator, tmp_path, certificate)
+    claims = '{"access_token":{"xms_cc":{"values":["cp1"]}}}'
+    status, _ = control(emulator, "POST", "faults",
+                        {"endpoint": "resource", "kind": "claims_challenge", "claims": claims})
+    assert status == 200
+    response = pool.request("GET", f"{emulator.ests_url}/resource")
+    challenge = response.headers["WWW-Authenticate"]
+    encoded = challenge.split('claims="', 1)[1].rstrip('"')
+    assert response.status == 401 and 'error="insufficient_claims"' in challenge
+    assert base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode() == claims
 
 
 def test_control_api_forever_fault_with_null_times(emulator):

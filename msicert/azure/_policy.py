@@ -15,6 +15,7 @@ from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.core.pipeline.policies._utils import get_challenge_parameter
 
 from .._lazylog import LazyLogger
+from ..wire._ests import check_claims
 from ._credential import TOKEN_TYPE, MtlsPopCredential
 
 __all__ = ["MtlsPopPolicy"]
@@ -65,8 +66,9 @@ class MtlsPopPolicy(BearerTokenCredentialPolicy):  # type: ignore[type-arg]
                 return False
             try:
                 claims = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+                check_claims(claims)  # a JSON object, or the 401 goes back unanswered
             except (ValueError, UnicodeDecodeError):
-                log.warning("claims challenge is not base64url JSON; not retrying")
+                log.warning("claims challenge is not a base64url JSON object; not retrying")
                 return False
             log.info("resource answered 401 with a claims challenge; re-acquiring once")
             self.authorize_request(request, *self._scopes, claims=claims)

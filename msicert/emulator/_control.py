@@ -31,7 +31,7 @@ _CONFIG_FIELDS = ("lifetime", "backdate", "token_lifetime")
 _CONFIG_FLAGS = ("require_attestation",)
 _CONFIG_NAMES = ("issuer_cn",)  # one of _ca.ISSUER_CNS
 _FAULT_FIELDS = frozenset({"endpoint", "status", "kind", "times", "delay", "retry_after", "body",
-                           "error_codes"})
+                           "error_codes", "claims"})
 
 
 def _number(value: Any, name: str, *, optional: bool = False) -> float | None:
@@ -64,6 +64,9 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
         raise ValueError("endpoint (and kind, when given) must be strings")
     if body is not None and not isinstance(body, str):
         raise ValueError("body must be a string")
+    claims = document.get("claims")
+    if claims is not None and not isinstance(claims, str):
+        raise ValueError("claims must be a string")
     codes = document.get("error_codes")
     if codes is not None and not isinstance(codes, list):
         raise ValueError("error_codes must be a list of integers or null")
@@ -75,6 +78,7 @@ def fault_from_json(document: Any) -> tuple[str, Fault]:
         times=_integer(document.get("times", 1), "times"),
         kind=kind,
         error_codes=None if codes is None else tuple(codes),
+        claims=claims,
     )
     return endpoint, fault
 

@@ -256,7 +256,7 @@ class EstsHandler(Handler):
             reply = self._token(match.group(1), body, peer, peer_der, fault)
         elif fault is not None and fault.kind == "claims_challenge":
             self.state.challenge_tokens()
-            reply = claims_challenge()
+            reply = claims_challenge(fault.claims)
         else:
             reply = self._resource(peer, peer_der)
         if fault is not None:
@@ -406,9 +406,11 @@ class EstsHandler(Handler):
 CHALLENGE_CLAIMS = '{"access_token":{"nbf":{"essential":true,"value":"1700000000"}}}'
 
 
-def claims_challenge() -> Reply:
-    """401 with a CAE-style claims challenge (``CHALLENGE_CLAIMS``, base64url, no padding)."""
-    encoded = base64.urlsafe_b64encode(CHALLENGE_CLAIMS.encode()).decode().rstrip("=")
+def claims_challenge(claims: str | None = None) -> Reply:
+    """401 with a CAE-style claims challenge (``claims``, by default ``CHALLENGE_CLAIMS``,
+    base64url, no padding)."""
+    text = CHALLENGE_CLAIMS if claims is None else claims
+    encoded = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
     reply = Reply(401, {"error": "insufficient_claims",
                         "error_description": "msicert emulator: injected claims challenge"})
     reply.headers.append(

@@ -61,7 +61,8 @@ class Fault:
     ``wrapped_certificate`` (the certificate's base64 broken into CRLF-separated lines, as
     .NET's and Go's decoders accept), ``wrong_token_type``, ``expires_in_string`` or
     ``claims_challenge`` (resource: 401 with
-    ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``; every
+    ``WWW-Authenticate: mtls_pop error="insufficient_claims", claims="<base64url>"``, of
+    ``claims`` when given, else a CAE ``nbf`` challenge; every
     token minted before it is challenged from then on, so only a token requested after the
     challenge is accepted, as with a continuous access evaluation event).
 
@@ -94,6 +95,7 @@ class Fault:
     times: int | None = 1
     kind: str = ""
     error_codes: tuple[int, ...] | None = None
+    claims: str | None = None
 
     @property
     def replaces_reply(self) -> bool:
@@ -127,6 +129,8 @@ def check_fault(endpoint: str, fault: Fault) -> None:
         if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 31
                    for c in fault.error_codes):
             raise ValueError("error_codes must be non-negative integers")
+    if fault.claims is not None and fault.kind != "claims_challenge":
+        raise ValueError("claims applies to kind 'claims_challenge' only")
 
 
 @dataclass
